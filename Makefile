@@ -1,0 +1,43 @@
+# The two commands of the README: `make demo` and `make test`. Everything installs itself.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# torch is pinned to the build that lies on this workplace's disk; override on other machines,
+# e.g. `make test TORCH="torch torchvision"`.
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+STAMP  := $(VENV)/.installed
+
+.PHONY: install test test-all lint demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@command -v ffmpeg >/dev/null 2>&1 || { echo "installing ffmpeg (Debian package)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -qq ffmpeg >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq ffmpeg >/dev/null; }; }
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[dev,eval]'
+	@touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+test-all: install
+	$(PY) -m pytest -q -m ""
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/lint-imports
+
+demo: install
+	$(VENV)/bin/scldm demo --out runs/demo
+
+bench: install
+	$(PY) benchmarks/frontend.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info

@@ -1,0 +1,30 @@
+"""Errors a user can act on. The CLI prints them as one line and exits with status 2."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from types import ModuleType
+
+
+class InputError(ValueError):
+    """Bad input from the user: a missing, empty, corrupt or unsupported file or setting.
+
+    The message is one line that names the file (or setting) and the problem.
+    """
+
+    def __init__(self, path: str | Path | None, problem: str) -> None:
+        self.path = None if path is None else str(path)
+        self.problem = problem
+        super().__init__(problem if path is None else f"{path}: {problem}")
+
+
+def require(module: str, *, extra: str = "eval", package: str | None = None) -> ModuleType:
+    """Import an optional dependency, or fail with one line naming the install command."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        name = package or module
+        raise InputError(
+            None, f"{name} is not installed; install it with: pip install 'scldm[{extra}]' ({e})"
+        ) from None
