@@ -83,7 +83,9 @@ def load_audio(
     if path.suffix.lower() in SOUNDFILE_SUFFIXES:
         try:
             data, sr = _read_soundfile(path, max_seconds)
-            wave = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
+            channels = data.shape[1]
+            # mix-down as a matrix-vector product: numpy's mean(axis=1) over a few columns is slow
+            wave = data @ np.full(channels, 1 / channels, np.float32) if channels > 1 else data[:, 0]
             if sr != sample_rate and wave.size:
                 wave = soxr.resample(wave, sr, sample_rate, quality="HQ")
         except (sf.LibsndfileError, RuntimeError, TypeError):
@@ -114,7 +116,9 @@ class SpectrogramFrontend(ModelMixin, ConfigMixin):
     """Waveform → power-law compressed complex STFT, the Speech2Face input.
 
     (B, S) float waveforms → (B, 2, F, T) with F = n_fft // 2 + 1 and
-    T = 1 + (S - n_fft) // hop_length; (2, 257, 598) for 6 s at 16 kHz with the defaults.
+    T = 1 + (S - win_length) // hop_length; (2, 257, 598) for 6 s at 16 kHz with the defaults.
+    Frames are win_length samples long, windowed, and zero-padded to n_fft for the FFT, as in
+    the `tf.signal.stft(frame_length=400, frame_step=160, fft_length=512)` Speech2Face used.
     Has no trainable weights; it is saved with every model so inference repeats training's input.
     """
 
@@ -132,7 +136,8 @@ class SpectrogramFrontend(ModelMixin, ConfigMixin):
         super().__init__()
         if win_length > n_fft:
             raise ValueError(f"win_length {win_length} > n_fft {n_fft}")
-        self.register_buffer("window", torch.hann_window(win_length), persistent=False)
+        # persistent, so save_pretrained writes a weights file and from_pretrained finds one
+        self.register_buffer("window", torch.hann_window(win_length))
 
     @property
     def segment_samples(self) -> int:
@@ -140,7 +145,7 @@ class SpectrogramFrontend(ModelMixin, ConfigMixin):
 
     @property
     def num_frames(self) -> int:
-        return 1 + (self.segment_samples - self.config.n_fft) // self.config.hop_length
+        return 1 + (self.segment_samples - self.config.win_length) // self.config.hop_length
 
     def load(self, path: str | Path) -> torch.Tensor:
         """Read a file and return its first `segment_seconds`, looped when shorter: (S,)."""
@@ -157,10 +162,14 @@ class SpectrogramFrontend(ModelMixin, ConfigMixin):
         cfg = self.config
         if waveform.dim() == 1:
             waveform = waveform[None]
-        if waveform.shape[-1] < cfg.n_fft:
-            raise ValueError(f"waveform of {waveform.shape[-1]} samples is shorter than n_fft")
+        if waveform.shape[-1] < cfg.win_length:
+            raise ValueError(f"waveform of {waveform.shape[-1]} samples is shorter than a frame")
+        # torch.stft centres the window in each n_fft frame; padding by half the difference on
+        # both sides makes frame k window exactly samples [k·hop, k·hop + win_length)
+        half = (cfg.n_fft - cfg.win_length) // 2
+        pad = (half, cfg.n_fft - cfg.win_length - half)
         stft = torch.stft(
-            waveform.float(),
+            torch.nn.functional.pad(waveform.float(), pad),
             n_fft=cfg.n_fft,
             hop_length=cfg.hop_length,
             win_length=cfg.win_length,
@@ -168,5 +177,8 @@ class SpectrogramFrontend(ModelMixin, ConfigMixin):
             center=False,
             return_complex=True,
         )  # (B, F, T) complex
-        spec = torch.view_as_real(stft).permute(0, 3, 1, 2)  # (B, 2, F, T)
-        return spec.sign() * spec.abs().pow(cfg.power)
+        parts = torch.view_as_real(stft)  # (B, F, T, 2)
+        # sign(x)·|x|^p as exp(p·log|x|) in place: torch's pow with a float exponent is scalar
+        # code on CPU (≈8 ns/value) while log/exp are vectorised; log 0 = -inf gives exp → 0
+        compressed = parts.abs().log_().mul_(cfg.power).exp_().copysign_(parts)
+        return compressed.permute(0, 3, 1, 2)  # (B, 2, F, T)

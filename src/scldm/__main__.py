@@ -1,0 +1,5 @@
+import sys
+
+from scldm.cli import main
+
+sys.exit(main())

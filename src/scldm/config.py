@@ -1,0 +1,251 @@
+"""Run configuration: frozen dataclasses, strict YAML presets and typed `--set a.b=c` overrides.
+
+Only what exists for a run lives here (paths, optimiser, steps, logging). What ships inside a
+saved model (front end, encoders, UNet, scheduler) is configured by that component's own
+keyword-only `__init__`, carried here as a plain mapping and checked when it is constructed.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from scldm.errors import InputError
+
+PRESET_DIR = Path(__file__).parent / "configs"
+C = TypeVar("C")
+
+
+# --- Run dataclasses -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which prepared dataset to read and how faces are sized."""
+
+    root: str = "data/synthvox"
+    image_size: int = 64
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warmup then cosine decay to `min_lr_ratio`·lr (see `lr_at`)."""
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    schedule: Literal["cosine", "constant"] = "cosine"
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Loop length, batch, precision and the cadence of logging, validation and checkpoints."""
+
+    output_dir: str = "runs/run"
+    seed: int = 0
+    max_steps: int = 1000
+    batch_size: int = 32
+    grad_accum_steps: int = 1
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    log_every: int = 10
+    eval_every: int = 200
+    save_every: int = 500
+    keep_last: int = 2
+    ema_decay: float = 0.999
+    log_with: str | None = "tensorboard"
+
+
+# --- Loading ---------------------------------------------------------------------------------
+
+
+def resolve_preset(stage: str, name_or_path: str | Path) -> Path:
+    """A preset name (`tiny`, `small`, `base`) of `stage`, or a path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise InputError(path, "no such config file")
+        return path
+    preset = PRESET_DIR / stage / f"{name_or_path}.yaml"
+    if not preset.is_file():
+        known = sorted(p.stem for p in (PRESET_DIR / stage).glob("*.yaml"))
+        raise InputError(None, f"unknown {stage} preset {str(name_or_path)!r}; known: {', '.join(known)}")
+    return preset
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp`, converting lists to tuples and ints to floats."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            try:
+                return _coerce(value, option, where)
+            except InputError:
+                continue
+        raise InputError(None, f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise InputError(None, f"{where}: expected null, got {value!r}")
+    if origin is Literal:
+        if value in args:
+            return value
+        raise InputError(None, f"{where}: expected one of {', '.join(map(repr, args))}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise InputError(None, f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return _build(tp, value, where)
+    if origin in (tuple, Sequence) or tp is tuple:
+        if not isinstance(value, list | tuple):
+            raise InputError(None, f"{where}: expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise InputError(None, f"{where}: expected {len(args)} values, got {len(value)}")
+            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item = args[0] if args else Any
+        return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin in (dict, Mapping) or tp in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise InputError(None, f"{where}: expected a mapping, got {value!r}")
+        return {str(k): _freeze(v) for k, v in value.items()}
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and type(value) is tp:
+        return value
+    raise InputError(None, f"{where}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, Mapping):
+        return {str(k): _freeze(v) for k, v in value.items()}
+    return value
+
+
+def _build(cls: type[C], values: Mapping[str, Any], where: str) -> C:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        keys = ", ".join(f"{where}.{k}" if where else k for k in unknown)
+        raise InputError(None, f"unknown key(s) {keys}; {cls.__name__} has: {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise InputError(None, f"--set expects key=value, got {text!r}")
+    try:
+        value = ast.literal_eval(raw.strip())
+    except (ValueError, SyntaxError):
+        value = raw.strip()  # a bare word such as a path or a name
+    if raw.strip() in ("null", "None", "~"):
+        value = None
+    elif raw.strip() in ("true", "false"):
+        value = raw.strip() == "true"
+    return key.strip().split("."), value
+
+
+def _set_path(tree: dict[str, Any], keys: list[str], value: Any, cls: type, text: str) -> None:
+    node, node_cls = tree, cls
+    for i, key in enumerate(keys):
+        if node_cls is not None:  # inside dataclasses the key must be a field
+            names = {f.name for f in dataclasses.fields(node_cls)}
+            if key not in names:
+                raise InputError(None, f"--set {text}: unknown key {'.'.join(keys[: i + 1])!r}")
+            tp = typing.get_type_hints(node_cls)[key]
+            node_cls = tp if dataclasses.is_dataclass(tp) else None
+        if i == len(keys) - 1:
+            node[key] = value
+        else:
+            child = node.get(key)
+            node[key] = dict(child) if isinstance(child, Mapping) else {}
+            node = node[key]
+
+
+def load_config(cls: type[C], source: str | Path | Mapping[str, Any] | None = None,
+                overrides: Sequence[str] = (), *, stage: str | None = None) -> C:
+    """Build the run dataclass `cls` from a preset name, a YAML file or a mapping, then overrides.
+
+    Unknown keys are errors that name the key; `--set a.b=c` values are parsed as Python
+    literals (bare words are strings) and checked against the field's annotation.
+    """
+    where = None
+    if source is None:
+        data: dict[str, Any] = {}
+    elif isinstance(source, Mapping):
+        data = dict(source)
+    else:
+        path = resolve_preset(stage or "", source) if stage else Path(source)
+        where = str(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise InputError(path, "no such config file") from None
+        except yaml.YAMLError as e:
+            raise InputError(path, f"invalid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise InputError(path, "a config file must hold a mapping of keys")
+    data = _to_plain(data)
+    for text in overrides:
+        keys, value = _parse_override(text)
+        _set_path(data, keys, value, cls, text)
+    try:
+        return _build(cls, data, "")
+    except InputError as e:
+        raise InputError(where or None, e.problem) from None
+
+
+def _to_plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _to_plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """A config as plain YAML-able data (tuples become lists)."""
+    return _to_plain(cfg)
+
+
+def save_config(cfg: Any, path: str | Path) -> Path:
+    """Write the resolved config as YAML, atomically; `load_config` reads it back unchanged."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    os.replace(tmp, path)
+    return path
+
+
+def replace(cfg: C, **changes: Any) -> C:
+    """`dataclasses.replace` re-exported for frozen configs."""
+    return dataclasses.replace(cfg, **changes)
+
+
+__all__ = ["DataConfig", "OptimConfig", "TrainConfig", "load_config", "save_config",
+           "config_to_dict", "resolve_preset", "field"]

@@ -1,0 +1,1 @@
+"""Prepared datasets: the manifest format, speaker-disjoint splits, datasets and preparers."""

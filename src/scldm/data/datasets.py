@@ -1,0 +1,148 @@
+"""Map-style datasets over a prepared folder, and the one-clip-per-speaker batch sampler."""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from scldm.audio import SpectrogramFrontend
+from scldm.data.manifest import REQUIRED, read_manifest
+from scldm.errors import InputError
+from scldm.faces import load_face_tensor
+
+log = logging.getLogger(__name__)
+
+
+class SpeechFaceDataset(Dataset):
+    """Clips of one split of a prepared dataset.
+
+    Each item is a dict: `waveform` (S,) float32 — the front end's fixed-length segment — or,
+    with `return_spectrogram=True`, `spectrogram` (2, F, T); `face` (3, H, W) in [-1, 1];
+    `speaker` (int index into `self.speakers`); `index` (row number); and `attributes` (the
+    row's gender/age and every extra field). Speaker indices are stable: sorted speaker ids.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str | None = "train",
+        *,
+        frontend: SpectrogramFrontend | None = None,
+        image_size: int = 64,
+        return_spectrogram: bool = False,
+    ) -> None:
+        self.root = Path(root)
+        self.rows = read_manifest(self.root, split=split)
+        if not self.rows:
+            raise InputError(self.root, f"no clips in split {split!r}")
+        self.frontend = frontend or SpectrogramFrontend()
+        self.image_size = image_size
+        self.return_spectrogram = return_spectrogram
+        self.speakers = sorted({r["speaker_id"] for r in self.rows})
+        index = {s: i for i, s in enumerate(self.speakers)}
+        self.speaker_index = [index[r["speaker_id"]] for r in self.rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        row = self.rows[i]
+        waveform = self.frontend.load(self.root / row["audio"])  # (S,)
+        item: dict[str, Any] = {
+            "face": load_face_tensor(self.root / row["face"], self.image_size),  # (3, H, W)
+            "speaker": self.speaker_index[i],
+            "index": i,
+            "attributes": {k: v for k, v in row.items() if k not in REQUIRED or k in ("gender", "age")},
+        }
+        if self.return_spectrogram:
+            with torch.no_grad():
+                item["spectrogram"] = self.frontend(waveform)[0]  # (2, F, T)
+        else:
+            item["waveform"] = waveform
+        return item
+
+
+def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack tensors, turn speaker/index into LongTensors and keep attributes as a list."""
+    out: dict[str, Any] = {"attributes": [it["attributes"] for it in items]}
+    for key in ("waveform", "spectrogram", "face"):
+        if key in items[0]:
+            out[key] = torch.stack([it[key] for it in items])
+    out["speaker"] = torch.tensor([it["speaker"] for it in items], dtype=torch.long)
+    out["index"] = torch.tensor([it["index"] for it in items], dtype=torch.long)
+    return out
+
+
+class SpeakerBatchSampler(Sampler[list[int]]):
+    """Batches in which every clip comes from a different speaker (for the contrastive loss).
+
+    Each epoch visits every clip once: clips are dealt in rounds of one clip per speaker in a
+    seeded random order, and a clip whose speaker is already in the batch being filled waits
+    for the next one. Call `set_epoch` for a new order (the seed is `seed + epoch`).
+    """
+
+    def __init__(
+        self, speakers: Sequence[int], batch_size: int, *, seed: int = 0, drop_last: bool = True
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        num_speakers = len(set(speakers))
+        if batch_size > num_speakers:
+            raise InputError(None, f"batch size {batch_size} exceeds the {num_speakers} speakers available")
+        self.speakers = list(speakers)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> list[list[int]]:
+        rng = random.Random(self.seed + self.epoch)
+        by_speaker: dict[int, list[int]] = defaultdict(list)
+        for i, s in enumerate(self.speakers):
+            by_speaker[s].append(i)
+        for clips in by_speaker.values():
+            rng.shuffle(clips)
+        stream: list[int] = []  # round r holds the r-th clip of every speaker that has one
+        for r in range(max(len(c) for c in by_speaker.values())):
+            round_ = [clips[r] for clips in by_speaker.values() if r < len(clips)]
+            rng.shuffle(round_)
+            stream += round_
+        batches, batch, in_batch, waiting = [], [], set(), []
+        for i in stream:
+            for j in [*waiting, i]:
+                if self.speakers[j] in in_batch:
+                    if j == i:
+                        waiting.append(i)
+                    continue
+                if j != i:
+                    waiting.remove(j)
+                batch.append(j)
+                in_batch.add(self.speakers[j])
+                if len(batch) == self.batch_size:
+                    batches.append(batch)
+                    batch, in_batch = [], set()
+        leftovers = batch + waiting  # a few repeats of the last speakers
+        while leftovers and not self.drop_last:
+            batch, in_batch, rest = [], set(), []
+            for j in leftovers:
+                (rest if self.speakers[j] in in_batch or len(batch) == self.batch_size else batch).append(j)
+                in_batch.add(self.speakers[j])
+            batches.append(batch)
+            leftovers = rest
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())

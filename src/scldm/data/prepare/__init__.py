@@ -1,0 +1,1 @@
+"""Preparers: raw corpora on disk → a prepared dataset folder (manifest.jsonl + audio + faces)."""

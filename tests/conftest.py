@@ -1,0 +1,49 @@
+"""Shared fixtures: synthetic audio files and face images written into tmp_path."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from PIL import Image
+
+SR = 16_000
+
+
+def tone(freq: float, seconds: float, sr: int = SR, amp: float = 0.5) -> np.ndarray:
+    t = np.arange(round(seconds * sr)) / sr
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def write_wav(path: Path, wave: np.ndarray, sr: int = SR, subtype: str = "PCM_16") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), wave, sr, subtype=subtype)
+    return path
+
+
+def face_image(size: int = 48, colour: tuple[int, int, int] = (200, 150, 120)) -> Image.Image:
+    """A crude face: a coloured disc with two dark eyes on a grey background."""
+    img = Image.new("RGB", (size, size), (90, 90, 90))
+    from PIL import ImageDraw
+
+    d = ImageDraw.Draw(img)
+    d.ellipse((size * 0.2, size * 0.1, size * 0.8, size * 0.9), fill=colour)
+    for x in (0.38, 0.62):
+        d.ellipse((size * (x - 0.05), size * 0.38, size * (x + 0.05), size * 0.46), fill=(20, 20, 20))
+    return img
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def wav_file(tmp_path: Path) -> Path:
+    return write_wav(tmp_path / "tone.wav", tone(440.0, 2.0))

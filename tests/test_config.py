@@ -1,0 +1,73 @@
+"""Strict config loading, typed overrides and the resolved-config round trip."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from scldm import InputError
+from scldm.config import DataConfig, OptimConfig, TrainConfig, load_config, save_config
+
+
+@dataclass(frozen=True)
+class Stage:
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    model: Mapping[str, Any] = field(default_factory=dict)
+
+
+def test_yaml_and_overrides_with_types(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  image_size: 32\noptim:\n  lr: 1\nmodel:\n  widths: [8, 16]\n")
+    cfg = load_config(Stage, path, ["optim.betas=(0.5, 0.9)", "train.log_with=null", "model.depth=3",
+                                    "data.root=some/dir", "train.mixed_precision=bf16", "optim.weight_decay=0"])
+    assert cfg.data.image_size == 32 and cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
+    assert cfg.optim.betas == (0.5, 0.9) and cfg.train.log_with is None
+    assert cfg.model == {"widths": (8, 16), "depth": 3} and cfg.data.root == "some/dir"
+    assert cfg.train.mixed_precision == "bf16" and cfg.optim.weight_decay == 0.0
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["optim.lr=fast"], "optim.lr: expected float"),
+        (["optim.lrr=1"], "unknown key 'optim.lrr'"),
+        (["data.image_size=1.5"], "data.image_size: expected int"),
+        (["train.mixed_precision=fp8"], "expected one of"),
+        (["optim.betas=(1, 2, 3)"], "expected 2 values"),
+        (["train.max_steps"], "expects key=value"),
+        (["train.seed=True"], "train.seed: expected int"),
+    ],
+)
+def test_bad_overrides_name_the_key(overrides, message):
+    with pytest.raises(InputError, match=message.replace("(", r"\(")):
+        load_config(Stage, {}, overrides)
+
+
+def test_unknown_yaml_key_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  imagesize: 32\n")
+    with pytest.raises(InputError) as e:
+        load_config(Stage, path)
+    assert str(path) in str(e.value) and "data.imagesize" in str(e.value)
+    path.write_text("- a list\n")
+    with pytest.raises(InputError, match="mapping"):
+        load_config(Stage, path)
+    with pytest.raises(InputError, match="no such config file"):
+        load_config(Stage, tmp_path / "none.yaml")
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(Stage, {"model": {"a": [1, 2]}}, ["optim.lr=3e-4", "train.seed=7"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(Stage, tmp_path / "config.yaml") == cfg
+
+
+def test_configs_are_frozen():
+    cfg = load_config(Stage)
+    with pytest.raises(AttributeError):
+        cfg.optim.lr = 1.0  # type: ignore[misc]

@@ -1,0 +1,84 @@
+"""The map-style dataset over a prepared folder and the one-clip-per-speaker batch sampler."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from conftest import face_image, tone, write_wav
+from torch.utils.data import DataLoader
+
+from scldm.audio import SpectrogramFrontend
+from scldm.data.datasets import SpeakerBatchSampler, SpeechFaceDataset, collate
+from scldm.data.manifest import write_manifest
+from scldm.faces import save_image
+
+
+@pytest.fixture
+def prepared(tmp_path):
+    rows = []
+    for s in range(4):
+        for k in range(2):
+            spk = f"spk{s}"
+            write_wav(tmp_path / f"audio/{spk}/{k}.wav", tone(200 + 100 * s, 0.5))
+            save_image(face_image(40, (60 * s, 100, 100)), tmp_path / f"faces/{spk}/{k}.png")
+            rows.append(dict(speaker_id=spk, audio=f"audio/{spk}/{k}.wav", face=f"faces/{spk}/{k}.png",
+                             split="test" if s == 3 else "train", gender="fm"[s % 2], age=20 + s,
+                             source="test", hair=s))
+    write_manifest(rows, tmp_path)
+    return tmp_path
+
+
+def test_items_hold_segment_face_speaker_and_attributes(prepared):
+    fe = SpectrogramFrontend(segment_seconds=1.0)
+    ds = SpeechFaceDataset(prepared, "train", frontend=fe, image_size=32)
+    assert len(ds) == 6 and ds.speakers == ["spk0", "spk1", "spk2"]
+    item = ds[3]
+    assert item["waveform"].shape == (16_000,) and item["face"].shape == (3, 32, 32)
+    assert item["speaker"] == 1 and item["attributes"] == {"gender": "m", "age": 21, "hair": 1}
+    spec = SpeechFaceDataset(prepared, "train", frontend=fe, image_size=32, return_spectrogram=True)[3]
+    assert spec["spectrogram"].shape == (2, 257, fe.num_frames)
+    torch.testing.assert_close(spec["spectrogram"], fe(item["waveform"])[0])
+
+
+def test_loader_batches_with_the_sampler(prepared):
+    ds = SpeechFaceDataset(prepared, "train", frontend=SpectrogramFrontend(segment_seconds=0.5))
+    dl = DataLoader(ds, batch_sampler=SpeakerBatchSampler(ds.speaker_index, 3), collate_fn=collate)
+    batches = list(dl)
+    assert len(batches) == 2
+    for b in batches:
+        assert b["waveform"].shape == (3, 8_000) and b["face"].shape == (3, 3, 64, 64)
+        assert len(set(b["speaker"].tolist())) == 3
+
+
+def test_sampler_never_repeats_a_speaker_in_a_batch_and_covers_every_clip():
+    rng = random.Random(0)
+    speakers = [rng.choice(range(30)) for _ in range(500)] + list(range(30))
+    for drop_last in (True, False):
+        sampler = SpeakerBatchSampler(speakers, 16, seed=3, drop_last=drop_last)
+        batches = list(sampler)
+        assert len(batches) == len(sampler)
+        assert all(len({speakers[i] for i in b}) == len(b) for b in batches)
+        flat = [i for b in batches for i in b]
+        assert len(flat) == len(set(flat))
+        if drop_last:
+            assert all(len(b) == 16 for b in batches) and len(flat) >= 0.9 * len(speakers)
+        else:
+            assert sorted(flat) == list(range(len(speakers)))
+
+
+def test_sampler_is_seeded_and_epochs_differ():
+    speakers = [i % 10 for i in range(100)]
+    a, b = SpeakerBatchSampler(speakers, 5, seed=1), SpeakerBatchSampler(speakers, 5, seed=1)
+    assert list(a) == list(b)
+    first = list(a)
+    a.set_epoch(1)
+    assert list(a) != first
+
+
+def test_sampler_rejects_a_batch_larger_than_the_speakers():
+    from scldm import InputError
+
+    with pytest.raises(InputError, match="exceeds the 2 speakers"):
+        SpeakerBatchSampler([0, 1, 0, 1], 3)
