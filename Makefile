@@ -33,8 +33,15 @@ lint: install
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/lint-imports
 
+# The main job end to end on SynthVox. Stage 1 (contrastive pre-training), stage 2 (diffusion with
+# the face prior) and generation join this target as they land (issues 4 and 5).
+DEMO ?= runs/demo
 demo: install
-	$(VENV)/bin/scldm demo --out runs/demo
+	$(VENV)/bin/scldm prepare synthvox --out $(DEMO)/data --speakers 600 --image-size 64
+	$(VENV)/bin/scldm synthvox-oracle --data $(DEMO)/data --out $(DEMO)/oracle
+	@echo
+	@echo "demo: data in $(DEMO)/data, oracle report in $(DEMO)/oracle/report.md"
+	@echo "demo: not yet implemented: stage 1 pre-training, stage 2 diffusion, generation (issues 4-5)"
 
 bench: install
 	$(PY) benchmarks/frontend.py

@@ -87,7 +87,9 @@ def child(kind: str, listing: str, threads: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--clips", type=int, default=200)
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -101,16 +103,24 @@ def main() -> None:
             folder = Path(tmp) / str(len(rows))
             folder.mkdir()
             listing = folder / "paths.json"
-            listing.write_text(json.dumps([str(p) for p in make_clips(folder, args.clips, rate, channels, seconds)]))
+            listing.write_text(
+                json.dumps(
+                    [str(p) for p in make_clips(folder, args.clips, rate, channels, seconds)]
+                )
+            )
             result = {}
             for kind in ("librosa", "ours", "ours-threads"):
-                out = subprocess.run([sys.executable, __file__, "--child", kind, str(listing)],
-                                     capture_output=True, text=True, check=True)
+                out = subprocess.run(
+                    [sys.executable, __file__, "--child", kind, str(listing)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 result[kind] = json.loads(out.stdout.strip().splitlines()[-1])
             rows.append((case, result))
 
     lines = [
-        f"# Front end: load → resample → 6 s → spectrogram, per clip ({args.clips} clips of each kind)",
+        f"# Front end: load → resample → 6 s → spectrogram, per clip ({args.clips} clips a kind)",
         "",
         f"{os.cpu_count()} cores ({platform.machine()}), Python {platform.python_version()}. "
         "'1 thread' pins torch to one thread like the single-threaded librosa path; "
@@ -122,9 +132,15 @@ def main() -> None:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for case, r in rows:
-        lib, one, many = r["librosa"]["clips_per_s"], r["ours"]["clips_per_s"], r["ours-threads"]["clips_per_s"]
-        lines.append(f"| {case} | {lib:.0f} | {one:.0f} | {one / lib:.1f}× | {many:.0f} | {many / lib:.1f}× "
-                     f"| {r['librosa']['peak_rss_mib']:.0f} | {r['ours']['peak_rss_mib']:.0f} |")
+        lib, one, many = (
+            r["librosa"]["clips_per_s"],
+            r["ours"]["clips_per_s"],
+            r["ours-threads"]["clips_per_s"],
+        )
+        lines.append(
+            f"| {case} | {lib:.0f} | {one:.0f} | {one / lib:.1f}× | {many:.0f} | {many / lib:.1f}× "
+            f"| {r['librosa']['peak_rss_mib']:.0f} | {r['ours']['peak_rss_mib']:.0f} |"
+        )
     table = "\n".join(lines) + "\n"
     print(table)
     RESULTS.mkdir(exist_ok=True)

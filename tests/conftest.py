@@ -33,7 +33,9 @@ def face_image(size: int = 48, colour: tuple[int, int, int] = (200, 150, 120)) -
     d = ImageDraw.Draw(img)
     d.ellipse((size * 0.2, size * 0.1, size * 0.8, size * 0.9), fill=colour)
     for x in (0.38, 0.62):
-        d.ellipse((size * (x - 0.05), size * 0.38, size * (x + 0.05), size * 0.46), fill=(20, 20, 20))
+        d.ellipse(
+            (size * (x - 0.05), size * 0.38, size * (x + 0.05), size * 0.46), fill=(20, 20, 20)
+        )
     return img
 
 

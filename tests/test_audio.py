@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from conftest import SR, tone, write_wav
 
+from conftest import SR, tone, write_wav
 from scldm import InputError
 from scldm.audio import SpectrogramFrontend, load_audio, loop_to_length
 
@@ -47,15 +47,24 @@ def test_silence_gives_finite_zeros():
 def test_power_law_compression_of_real_and_imaginary_parts():
     fe = SpectrogramFrontend()
     x = torch.randn(1, 6 * SR)
-    raw = torch.stft(torch.nn.functional.pad(x, (56, 56)), 512, 160, 400, window=torch.hann_window(400),
-                     center=False, return_complex=True)
+    raw = torch.stft(
+        torch.nn.functional.pad(x, (56, 56)),
+        512,
+        160,
+        400,
+        window=torch.hann_window(400),
+        center=False,
+        return_complex=True,
+    )
     expected = torch.view_as_real(raw).permute(0, 3, 1, 2)
     expected = expected.sign() * expected.abs() ** 0.3
     torch.testing.assert_close(fe(x), expected)
     # frame k windows exactly samples [160k, 160k + 400): moving sample 400 leaves frame 0 alone
     y = x.clone()
     y[0, 400] += 10.0
-    assert torch.equal(fe(y)[..., 0], fe(x)[..., 0]) and not torch.equal(fe(y)[..., 1], fe(x)[..., 1])
+    assert torch.equal(fe(y)[..., 0], fe(x)[..., 0]) and not torch.equal(
+        fe(y)[..., 1], fe(x)[..., 1]
+    )
 
 
 def test_frontend_batches_and_follows_dtype_device():
@@ -132,7 +141,12 @@ def test_48k_stereo_is_mixed_down(tmp_path):
 
 def test_24_bit_and_float_wav_flac_ogg(tmp_path):
     wave = tone(440.0, 0.5)
-    for name, subtype in [("a24.wav", "PCM_24"), ("af.wav", "FLOAT"), ("a.flac", "PCM_16"), ("a.ogg", "VORBIS")]:
+    for name, subtype in [
+        ("a24.wav", "PCM_24"),
+        ("af.wav", "FLOAT"),
+        ("a.flac", "PCM_16"),
+        ("a.ogg", "VORBIS"),
+    ]:
         out = load_audio(write_wav(tmp_path / name, wave, subtype=subtype))
         assert out.shape == wave.shape
         assert np.corrcoef(out, wave)[0, 1] > 0.99, name

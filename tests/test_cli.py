@@ -28,12 +28,16 @@ def test_prepare_help_names_every_source(capsys):
 
 
 def test_missing_root_is_one_line_and_exit_2(tmp_path, capsys):
-    code = main(["prepare", "folder", "--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")])
+    code = main(
+        ["prepare", "folder", "--root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "nowhere" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
 
 
 def test_python_dash_m_runs_the_same_cli():
-    out = subprocess.run([sys.executable, "-m", "scldm", "--version"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "scldm", "--version"], capture_output=True, text=True
+    )
     assert out.returncode == 0 and __version__ in out.stdout

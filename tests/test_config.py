@@ -23,8 +23,18 @@ class Stage:
 def test_yaml_and_overrides_with_types(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("data:\n  image_size: 32\noptim:\n  lr: 1\nmodel:\n  widths: [8, 16]\n")
-    cfg = load_config(Stage, path, ["optim.betas=(0.5, 0.9)", "train.log_with=null", "model.depth=3",
-                                    "data.root=some/dir", "train.mixed_precision=bf16", "optim.weight_decay=0"])
+    cfg = load_config(
+        Stage,
+        path,
+        [
+            "optim.betas=(0.5, 0.9)",
+            "train.log_with=null",
+            "model.depth=3",
+            "data.root=some/dir",
+            "train.mixed_precision=bf16",
+            "optim.weight_decay=0",
+        ],
+    )
     assert cfg.data.image_size == 32 and cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
     assert cfg.optim.betas == (0.5, 0.9) and cfg.train.log_with is None
     assert cfg.model == {"widths": (8, 16), "depth": 3} and cfg.data.root == "some/dir"

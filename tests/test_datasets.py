@@ -6,9 +6,9 @@ import random
 
 import pytest
 import torch
-from conftest import face_image, tone, write_wav
 from torch.utils.data import DataLoader
 
+from conftest import face_image, tone, write_wav
 from scldm.audio import SpectrogramFrontend
 from scldm.data.datasets import SpeakerBatchSampler, SpeechFaceDataset, collate
 from scldm.data.manifest import write_manifest
@@ -23,9 +23,18 @@ def prepared(tmp_path):
             spk = f"spk{s}"
             write_wav(tmp_path / f"audio/{spk}/{k}.wav", tone(200 + 100 * s, 0.5))
             save_image(face_image(40, (60 * s, 100, 100)), tmp_path / f"faces/{spk}/{k}.png")
-            rows.append(dict(speaker_id=spk, audio=f"audio/{spk}/{k}.wav", face=f"faces/{spk}/{k}.png",
-                             split="test" if s == 3 else "train", gender="fm"[s % 2], age=20 + s,
-                             source="test", hair=s))
+            rows.append(
+                {
+                    "speaker_id": spk,
+                    "audio": f"audio/{spk}/{k}.wav",
+                    "face": f"faces/{spk}/{k}.png",
+                    "split": "test" if s == 3 else "train",
+                    "gender": "fm"[s % 2],
+                    "age": 20 + s,
+                    "source": "test",
+                    "hair": s,
+                }
+            )
     write_manifest(rows, tmp_path)
     return tmp_path
 
@@ -37,7 +46,9 @@ def test_items_hold_segment_face_speaker_and_attributes(prepared):
     item = ds[3]
     assert item["waveform"].shape == (16_000,) and item["face"].shape == (3, 32, 32)
     assert item["speaker"] == 1 and item["attributes"] == {"gender": "m", "age": 21, "hair": 1}
-    spec = SpeechFaceDataset(prepared, "train", frontend=fe, image_size=32, return_spectrogram=True)[3]
+    spec = SpeechFaceDataset(
+        prepared, "train", frontend=fe, image_size=32, return_spectrogram=True
+    )[3]
     assert spec["spectrogram"].shape == (2, 257, fe.num_frames)
     torch.testing.assert_close(spec["spectrogram"], fe(item["waveform"])[0])
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import face_image
 from PIL import Image
 
+from conftest import face_image
 from scldm import InputError
 from scldm.faces import (
     center_crop_resize,

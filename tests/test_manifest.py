@@ -19,8 +19,15 @@ from scldm.data.manifest import (
 
 
 def row(spk="s1", split="train", **kw):
-    base = dict(speaker_id=spk, audio=f"audio/{spk}/0.wav", face=f"faces/{spk}/0.jpg", split=split,
-                gender="f", age=30, source="test")
+    base = {
+        "speaker_id": spk,
+        "audio": f"audio/{spk}/0.wav",
+        "face": f"faces/{spk}/0.jpg",
+        "split": split,
+        "gender": "f",
+        "age": 30,
+        "source": "test",
+    }
     return {**base, **kw}
 
 
@@ -81,7 +88,9 @@ def test_split_is_disjoint_complete_seeded_and_stratified():
     assert set(a) == set(genders) and set(a.values()) == {"train", "val", "test"}
     assert a == split_speakers(genders, seed=1) != split_speakers(genders, seed=2)
     counts = Counter((genders[s], split) for s, split in a.items())
-    assert counts[("f", "test")] == 4 and counts[("m", "test")] == 6 and counts[("f", "train")] == 32
+    assert (
+        counts[("f", "test")] == 4 and counts[("m", "test")] == 6 and counts[("f", "train")] == 32
+    )
     assert counts[(None, "val")] == 1
 
 
@@ -99,8 +108,15 @@ def test_official_split_keeps_voxceleb_test_set():
 
 
 def test_wen_split_by_first_letter():
-    names = {"id1": "Adele", "id2": "Bono", "id3": "Cher", "id4": "Eve", "id5": "Fred", "id6": "Zed"}
-    genders = {s: "f" for s in names}
+    names = {
+        "id1": "Adele",
+        "id2": "Bono",
+        "id3": "Cher",
+        "id4": "Eve",
+        "id5": "Fred",
+        "id6": "Zed",
+    }
+    genders = dict.fromkeys(names, "f")
     a = split_wen(names, genders)
     assert a["id5"] == a["id6"] == "train"
     assert {a[s] for s in ("id1", "id2", "id3", "id4")} <= {"val", "test"}

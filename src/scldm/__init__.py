@@ -2,5 +2,5 @@
 
 __version__ = "0.1.0"
 
-from scldm.errors import InputError
 from scldm.audio import SpectrogramFrontend, load_audio
+from scldm.errors import InputError

@@ -54,7 +54,9 @@ def _read_soundfile(path: Path, max_seconds: float | None) -> tuple[np.ndarray, 
 
 def _read_ffmpeg(path: Path, sample_rate: int, max_seconds: float | None) -> np.ndarray:
     if shutil.which("ffmpeg") is None:
-        raise InputError(path, "needs ffmpeg to decode this format; install it (apt-get install ffmpeg)")
+        raise InputError(
+            path, "needs ffmpeg to decode this format; install it (apt-get install ffmpeg)"
+        )
     cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(path)]
     if max_seconds is not None:
         cmd += ["-t", f"{max_seconds + 0.01:.3f}"]
@@ -85,7 +87,9 @@ def load_audio(
             data, sr = _read_soundfile(path, max_seconds)
             channels = data.shape[1]
             # mix-down as a matrix-vector product: numpy's mean(axis=1) over a few columns is slow
-            wave = data @ np.full(channels, 1 / channels, np.float32) if channels > 1 else data[:, 0]
+            wave = (
+                data @ np.full(channels, 1 / channels, np.float32) if channels > 1 else data[:, 0]
+            )
             if sr != sample_rate and wave.size:
                 wave = soxr.resample(wave, sr, sample_rate, quality="HQ")
         except (sf.LibsndfileError, RuntimeError, TypeError):

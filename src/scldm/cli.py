@@ -15,18 +15,37 @@ log = logging.getLogger("scldm")
 
 
 def _add_prepare_common(p: argparse.ArgumentParser, *, image_size: int) -> None:
-    p.add_argument("--out", type=Path, required=True, help="folder to write the prepared dataset to")
-    p.add_argument("--image-size", type=int, default=image_size, help="face crop side in pixels (default: %(default)s)")
-    p.add_argument("--seconds", type=float, default=6.0, help="audio kept from the start of each clip (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=1, help="parallel worker processes (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the speaker split (default: %(default)s)")
-    p.add_argument("--overwrite", action="store_true", help="redo items already prepared by an earlier run")
+    p.add_argument(
+        "--out", type=Path, required=True, help="folder to write the prepared dataset to"
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=image_size,
+        help="face crop side in pixels (default: %(default)s)",
+    )
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=6.0,
+        help="audio kept from the start of each clip (default: %(default)s)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=1, help="parallel worker processes (default: %(default)s)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the speaker split (default: %(default)s)"
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="redo items already prepared by an earlier run"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scldm",
-        description="Speech-to-face generation: prepare data, train SCLDM, generate and evaluate faces.",
+        description="Speech-to-face generation: prepare data, train SCLDM, generate and "
+        "evaluate faces.",
     )
     parser.add_argument("--version", action="version", version=f"scldm {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -41,34 +60,78 @@ def build_parser() -> argparse.ArgumentParser:
     )
     psub = prep.add_subparsers(dest="source", required=True, metavar="SOURCE")
 
-    vox = psub.add_parser("voxceleb", help="VoxCeleb1 (wav) or VoxCeleb2 (m4a) with face crops or images")
-    vox.add_argument("--audio-root", type=Path, required=True, help="folder holding wav/idXXXXX/... or aac/idXXXXX/...")
-    vox.add_argument("--faces-root", type=Path, required=True, help="unzippedIntervalFaces/data/... crops, or one folder of images per VGGFace name")
-    vox.add_argument("--meta", type=Path, required=True, help="vox1_meta.csv or vox2_meta.csv (tab-separated)")
-    vox.add_argument("--split", choices=("official", "wen"), default="official",
-                     help="official: VoxCeleb's test set is test, dev is cut into train/val; "
-                     "wen: names A-E are val/test, F-Z train (Wen et al. 2019)")
-    vox.add_argument("--max-clips-per-speaker", type=int, default=None, help="keep at most this many clips per speaker")
+    vox = psub.add_parser(
+        "voxceleb", help="VoxCeleb1 (wav) or VoxCeleb2 (m4a) with face crops or images"
+    )
+    vox.add_argument(
+        "--audio-root",
+        type=Path,
+        required=True,
+        help="folder holding wav/idXXXXX/... or aac/idXXXXX/...",
+    )
+    vox.add_argument(
+        "--faces-root",
+        type=Path,
+        required=True,
+        help="unzippedIntervalFaces/data/... crops, or one folder of images per VGGFace name",
+    )
+    vox.add_argument(
+        "--meta", type=Path, required=True, help="vox1_meta.csv or vox2_meta.csv (tab-separated)"
+    )
+    vox.add_argument(
+        "--split",
+        choices=("official", "wen"),
+        default="official",
+        help="official: VoxCeleb's test set is test, dev is cut into train/val; "
+        "wen: names A-E are val/test, F-Z train (Wen et al. 2019)",
+    )
+    vox.add_argument(
+        "--max-clips-per-speaker",
+        type=int,
+        default=None,
+        help="keep at most this many clips per speaker",
+    )
     _add_prepare_common(vox, image_size=224)
 
     avs = psub.add_parser("avspeech", help="AVSpeech CSV plus the clips you already downloaded")
     avs.add_argument("--csv", type=Path, required=True, help="header-less ytid,start,end,x,y CSV")
-    avs.add_argument("--clips", type=Path, required=True, help="folder of {ytid}_{start:010.6f}-{end:010.6f}.mp4 clips")
-    avs.add_argument("--face-scale", type=float, default=0.4, help="crop side as a fraction of the frame's shorter side (default: %(default)s)")
+    avs.add_argument(
+        "--clips",
+        type=Path,
+        required=True,
+        help="folder of {ytid}_{start:010.6f}-{end:010.6f}.mp4 clips",
+    )
+    avs.add_argument(
+        "--face-scale",
+        type=float,
+        default=0.4,
+        help="crop side as a fraction of the frame's shorter side (default: %(default)s)",
+    )
     _add_prepare_common(avs, image_size=224)
 
-    fol = psub.add_parser("folder", help="root/<speaker>/ folders holding audio files and face images")
+    fol = psub.add_parser(
+        "folder", help="root/<speaker>/ folders holding audio files and face images"
+    )
     fol.add_argument("--root", type=Path, required=True, help="one sub-folder per speaker")
     _add_prepare_common(fol, image_size=224)
 
     syn = psub.add_parser("synthvox", help="the built-in synthetic paired voice-face benchmark")
     syn.add_argument("--out", type=Path, required=True, help="folder to write the dataset to")
-    syn.add_argument("--speakers", type=int, default=1000, help="number of speakers (default: %(default)s)")
+    syn.add_argument(
+        "--speakers", type=int, default=1000, help="number of speakers (default: %(default)s)"
+    )
     syn.add_argument("--clips-per-speaker", type=int, default=4, help="(default: %(default)s)")
     syn.add_argument("--faces-per-speaker", type=int, default=2, help="(default: %(default)s)")
-    syn.add_argument("--image-size", type=int, default=64, help="face side in pixels, 64-256 (default: %(default)s)")
+    syn.add_argument(
+        "--image-size",
+        type=int,
+        default=64,
+        help="face side in pixels, 64-256 (default: %(default)s)",
+    )
     syn.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
-    syn.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
+    syn.add_argument(
+        "--workers", type=int, default=None, help="worker processes (default: all cores)"
+    )
     syn.add_argument("--overwrite", action="store_true", help="regenerate files that already exist")
 
     # --- SynthVox oracle ---
@@ -77,8 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="train the SynthVox oracle (face → attributes, features) and print its accuracy",
     )
     ora.add_argument("--data", type=Path, required=True, help="a prepared SynthVox folder")
-    ora.add_argument("--out", type=Path, required=True, help="folder for the oracle model and its report")
-    ora.add_argument("--steps", type=int, default=None, help="training steps (default: the oracle's own)")
+    ora.add_argument(
+        "--out", type=Path, required=True, help="folder for the oracle model and its report"
+    )
+    ora.add_argument(
+        "--steps", type=int, default=None, help="training steps (default: the oracle's own)"
+    )
     ora.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     return parser
 
@@ -87,17 +154,31 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "prepare":
         common = {}
         if args.source != "synthvox":
-            common = dict(image_size=args.image_size, seconds=args.seconds, workers=args.workers,
-                          seed=args.seed, overwrite=args.overwrite)
+            common = {
+                "image_size": args.image_size,
+                "seconds": args.seconds,
+                "workers": args.workers,
+                "seed": args.seed,
+                "overwrite": args.overwrite,
+            }
         if args.source == "voxceleb":
             from scldm.data.prepare.voxceleb import prepare_voxceleb
 
-            report = prepare_voxceleb(args.audio_root, args.faces_root, args.meta, args.out, split=args.split,
-                                      max_clips_per_speaker=args.max_clips_per_speaker, **common)
+            report = prepare_voxceleb(
+                args.audio_root,
+                args.faces_root,
+                args.meta,
+                args.out,
+                split=args.split,
+                max_clips_per_speaker=args.max_clips_per_speaker,
+                **common,
+            )
         elif args.source == "avspeech":
             from scldm.data.prepare.avspeech import prepare_avspeech
 
-            report = prepare_avspeech(args.csv, args.clips, args.out, face_scale=args.face_scale, **common)
+            report = prepare_avspeech(
+                args.csv, args.clips, args.out, face_scale=args.face_scale, **common
+            )
         elif args.source == "folder":
             from scldm.data.prepare.folder import prepare_folder
 
@@ -106,9 +187,14 @@ def _run(args: argparse.Namespace) -> int:
             from scldm.data.synthvox import prepare_synthvox
 
             report = prepare_synthvox(
-                args.out, speakers=args.speakers, clips_per_speaker=args.clips_per_speaker,
-                faces_per_speaker=args.faces_per_speaker, image_size=args.image_size, seed=args.seed,
-                workers=args.workers, overwrite=args.overwrite,
+                args.out,
+                speakers=args.speakers,
+                clips_per_speaker=args.clips_per_speaker,
+                faces_per_speaker=args.faces_per_speaker,
+                image_size=args.image_size,
+                seed=args.seed,
+                workers=args.workers,
+                overwrite=args.overwrite,
             )
         print(report.summary())
         return 0

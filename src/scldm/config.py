@@ -81,7 +81,9 @@ def resolve_preset(stage: str, name_or_path: str | Path) -> Path:
     preset = PRESET_DIR / stage / f"{name_or_path}.yaml"
     if not preset.is_file():
         known = sorted(p.stem for p in (PRESET_DIR / stage).glob("*.yaml"))
-        raise InputError(None, f"unknown {stage} preset {str(name_or_path)!r}; known: {', '.join(known)}")
+        raise InputError(
+            None, f"unknown {stage} preset {str(name_or_path)!r}; known: {', '.join(known)}"
+        )
     return preset
 
 
@@ -108,10 +110,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if origin is Literal:
         if value in args:
             return value
-        raise InputError(None, f"{where}: expected one of {', '.join(map(repr, args))}, got {value!r}")
+        raise InputError(
+            None, f"{where}: expected one of {', '.join(map(repr, args))}, got {value!r}"
+        )
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
-            raise InputError(None, f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
+            raise InputError(
+                None, f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}"
+            )
         return _build(tp, value, where)
     if origin in (tuple, Sequence) or tp is tuple:
         if not isinstance(value, list | tuple):
@@ -119,7 +125,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
                 raise InputError(None, f"{where}: expected {len(args)} values, got {len(value)}")
-            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+            return tuple(
+                _coerce(v, a, f"{where}[{i}]")
+                for i, (v, a) in enumerate(zip(value, args, strict=True))
+            )
         item = args[0] if args else Any
         return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
     if origin in (dict, Mapping) or tp in (dict, Mapping):
@@ -147,7 +156,9 @@ def _build(cls: type[C], values: Mapping[str, Any], where: str) -> C:
     unknown = sorted(set(values) - names)
     if unknown:
         keys = ", ".join(f"{where}.{k}" if where else k for k in unknown)
-        raise InputError(None, f"unknown key(s) {keys}; {cls.__name__} has: {', '.join(sorted(names))}")
+        raise InputError(
+            None, f"unknown key(s) {keys}; {cls.__name__} has: {', '.join(sorted(names))}"
+        )
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
     return cls(**kwargs)
 
@@ -184,8 +195,13 @@ def _set_path(tree: dict[str, Any], keys: list[str], value: Any, cls: type, text
             node = node[key]
 
 
-def load_config(cls: type[C], source: str | Path | Mapping[str, Any] | None = None,
-                overrides: Sequence[str] = (), *, stage: str | None = None) -> C:
+def load_config(
+    cls: type[C],
+    source: str | Path | Mapping[str, Any] | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    stage: str | None = None,
+) -> C:
     """Build the run dataclass `cls` from a preset name, a YAML file or a mapping, then overrides.
 
     Unknown keys are errors that name the key; `--set a.b=c` values are parsed as Python
@@ -247,5 +263,13 @@ def replace(cfg: C, **changes: Any) -> C:
     return dataclasses.replace(cfg, **changes)
 
 
-__all__ = ["DataConfig", "OptimConfig", "TrainConfig", "load_config", "save_config",
-           "config_to_dict", "resolve_preset", "field"]
+__all__ = [
+    "DataConfig",
+    "OptimConfig",
+    "TrainConfig",
+    "load_config",
+    "save_config",
+    "config_to_dict",
+    "resolve_preset",
+    "field",
+]

@@ -160,7 +160,8 @@ def _dlib_model_dir() -> Path:
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
         raise InputError(
-            None, "face-recognition-models is not installed; install it with: pip install 'scldm[eval]'"
+            None,
+            "face-recognition-models is not installed; install it with: pip install 'scldm[eval]'",
         )
     return Path(list(spec.submodule_search_locations)[0]) / "models"
 
@@ -168,7 +169,9 @@ def _dlib_model_dir() -> Path:
 @lru_cache(maxsize=1)
 def _dlib_models():
     dlib = require("dlib", package="dlib-bin")
-    predictor = dlib.shape_predictor(str(_dlib_model_dir() / "shape_predictor_5_face_landmarks.dat"))
+    predictor = dlib.shape_predictor(
+        str(_dlib_model_dir() / "shape_predictor_5_face_landmarks.dat")
+    )
     return dlib, dlib.get_frontal_face_detector(), predictor
 
 
@@ -201,7 +204,9 @@ def align_face(
             return None
         if near is not None:
             px, py = near[0] * img.width, near[1] * img.height
-            box = min(boxes, key=lambda b: ((b[0] + b[2]) / 2 - px) ** 2 + ((b[1] + b[3]) / 2 - py) ** 2)
+            box = min(
+                boxes, key=lambda b: ((b[0] + b[2]) / 2 - px) ** 2 + ((b[1] + b[3]) / 2 - py) ** 2
+            )
         else:
             box = boxes[0]
     shape = predictor(rgb, dlib.rectangle(*box))

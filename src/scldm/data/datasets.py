@@ -59,7 +59,9 @@ class SpeechFaceDataset(Dataset):
             "face": load_face_tensor(self.root / row["face"], self.image_size),  # (3, H, W)
             "speaker": self.speaker_index[i],
             "index": i,
-            "attributes": {k: v for k, v in row.items() if k not in REQUIRED or k in ("gender", "age")},
+            "attributes": {
+                k: v for k, v in row.items() if k not in REQUIRED or k in ("gender", "age")
+            },
         }
         if self.return_spectrogram:
             with torch.no_grad():
@@ -95,7 +97,9 @@ class SpeakerBatchSampler(Sampler[list[int]]):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         num_speakers = len(set(speakers))
         if batch_size > num_speakers:
-            raise InputError(None, f"batch size {batch_size} exceeds the {num_speakers} speakers available")
+            raise InputError(
+                None, f"batch size {batch_size} exceeds the {num_speakers} speakers available"
+            )
         self.speakers = list(speakers)
         self.batch_size = batch_size
         self.seed = seed
@@ -135,7 +139,9 @@ class SpeakerBatchSampler(Sampler[list[int]]):
         while leftovers and not self.drop_last:
             batch, in_batch, rest = [], set(), []
             for j in leftovers:
-                (rest if self.speakers[j] in in_batch or len(batch) == self.batch_size else batch).append(j)
+                (
+                    rest if self.speakers[j] in in_batch or len(batch) == self.batch_size else batch
+                ).append(j)
                 in_batch.add(self.speakers[j])
             batches.append(batch)
             leftovers = rest

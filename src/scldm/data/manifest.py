@@ -50,7 +50,9 @@ def validate_row(row: Any, where: str = "row") -> dict[str, Any]:
         raise InputError(where, f"age must be a non-negative number or null, got {age!r}")
     for key in ("audio", "face"):
         if Path(row[key]).is_absolute() or ".." in Path(row[key]).parts:
-            raise InputError(where, f"{key} path must be relative to the manifest folder: {row[key]!r}")
+            raise InputError(
+                where, f"{key} path must be relative to the manifest folder: {row[key]!r}"
+            )
     return row
 
 
@@ -153,7 +155,11 @@ def split_speakers(
 
 
 def split_official(
-    sets: Mapping[str, str], genders: Mapping[str, str | None], *, val_fraction: float = 0.05, seed: int = 0
+    sets: Mapping[str, str],
+    genders: Mapping[str, str | None],
+    *,
+    val_fraction: float = 0.05,
+    seed: int = 0,
 ) -> dict[str, str]:
     """VoxCeleb's official split: its `test` set is our test; `dev` is cut into train and val."""
     dev = {s: g for s, g in genders.items() if sets[s] != "test"}
@@ -162,9 +168,13 @@ def split_official(
     return out
 
 
-def split_wen(names: Mapping[str, str], genders: Mapping[str, str | None], *, seed: int = 0) -> dict[str, str]:
-    """Wen et al. (NeurIPS 2019): names starting with F–Z train; A–E are halved into val and test."""
-    held = {s: genders[s] for s, name in names.items() if name[:1].upper() in string.ascii_uppercase[:5]}
+def split_wen(
+    names: Mapping[str, str], genders: Mapping[str, str | None], *, seed: int = 0
+) -> dict[str, str]:
+    """Wen et al. (NeurIPS 2019): names starting F–Z train; A–E are halved into val and test."""
+    held = {
+        s: genders[s] for s, name in names.items() if name[:1].upper() in string.ascii_uppercase[:5]
+    }
     out = {s: "train" for s in names if s not in held}
     out.update(split_speakers(held, fractions=(0.0, 0.5, 0.5), seed=seed))
     return out

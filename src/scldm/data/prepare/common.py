@@ -50,7 +50,12 @@ class PrepareReport:
 
 
 def parallel_map(
-    fn: Callable[[T], R], items: Sequence[T], *, workers: int = 1, desc: str = "", unit: str = "item"
+    fn: Callable[[T], R],
+    items: Sequence[T],
+    *,
+    workers: int = 1,
+    desc: str = "",
+    unit: str = "item",
 ) -> Iterator[R]:
     """`map(fn, items)` in `workers` processes, in order, with a progress bar.
 
