@@ -81,3 +81,10 @@ def test_configs_are_frozen():
     cfg = load_config(Stage)
     with pytest.raises(AttributeError):
         cfg.optim.lr = 1.0  # type: ignore[misc]
+
+
+def test_override_of_one_mapping_key_keeps_the_others():
+    from scldm.config import EncoderStageConfig
+
+    cfg = load_config(EncoderStageConfig, {}, ["loss_weights.loss/lpips=0.5"])
+    assert cfg.loss_weights == {"loss/contrastive": 1.0, "loss/mae": 1.0, "loss/lpips": 0.5}

@@ -68,6 +68,42 @@ class TrainConfig:
     log_with: str | None = "tensorboard"
 
 
+@dataclass(frozen=True)
+class EvalConfig:
+    """Validation during training: speech→face retrieval in pools of speakers, reconstructions."""
+
+    split: str = "val"
+    pool_size: int = 100
+    max_clips: int = 1000
+    grid_size: int = 8
+
+
+@dataclass(frozen=True)
+class EncoderStageConfig:
+    """Stage 1: contrastive pre-training of the speech and face encoders and the face decoder.
+
+    The component mappings are the constructors' keyword arguments (the single definition of
+    each architecture); loss weights use the same keys as the logged losses.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    frontend: Mapping[str, Any] = field(default_factory=dict)
+    speech_encoder: Mapping[str, Any] = field(default_factory=dict)
+    face_encoder: Mapping[str, Any] = field(default_factory=dict)
+    face_decoder: Mapping[str, Any] = field(default_factory=dict)
+    speech_lr: float = 1e-3  # paper: 1e-3 for the speech encoder
+    face_lr: float = 1e-4  # paper: 1e-4 for the face encoder and decoder
+    loss_weights: Mapping[str, float] = field(
+        default_factory=lambda: {"loss/contrastive": 1.0, "loss/mae": 1.0, "loss/lpips": 0.0}
+    )
+    gather_negatives: bool = False
+    vggface_weights: str | None = None
+    lpips_weights: str | None = None
+
+
 # --- Loading ---------------------------------------------------------------------------------
 
 
@@ -181,17 +217,20 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
 def _set_path(tree: dict[str, Any], keys: list[str], value: Any, cls: type, text: str) -> None:
     node, node_cls = tree, cls
     for i, key in enumerate(keys):
+        default: Any = None
         if node_cls is not None:  # inside dataclasses the key must be a field
-            names = {f.name for f in dataclasses.fields(node_cls)}
-            if key not in names:
+            fields = {f.name: f for f in dataclasses.fields(node_cls)}
+            if key not in fields:
                 raise InputError(None, f"--set {text}: unknown key {'.'.join(keys[: i + 1])!r}")
             tp = typing.get_type_hints(node_cls)[key]
+            if fields[key].default_factory is not dataclasses.MISSING:
+                default = fields[key].default_factory()  # a mapping override merges into it
             node_cls = tp if dataclasses.is_dataclass(tp) else None
         if i == len(keys) - 1:
             node[key] = value
         else:
-            child = node.get(key)
-            node[key] = dict(child) if isinstance(child, Mapping) else {}
+            child = node.get(key, default)
+            node[key] = _to_plain(child) if isinstance(child, Mapping) else {}
             node = node[key]
 
 
@@ -267,9 +306,10 @@ __all__ = [
     "DataConfig",
     "OptimConfig",
     "TrainConfig",
+    "EvalConfig",
+    "EncoderStageConfig",
     "load_config",
     "save_config",
     "config_to_dict",
     "resolve_preset",
-    "field",
 ]
