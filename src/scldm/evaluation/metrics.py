@@ -84,6 +84,6 @@ def pearson_r(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
-    """Peak signal-to-noise ratio in dB of images in [-1, 1] (peak-to-peak 2), averaged per image."""
+    """Peak signal-to-noise ratio in dB of images in [-1, 1] (peak-to-peak 2), mean over images."""
     mse = (x.float() - y.float()).pow(2).flatten(1).mean(1).clamp_min(1e-10)
     return (10 * torch.log10(4.0 / mse)).mean().item()
