@@ -125,8 +125,10 @@ def split_speakers(
 ) -> dict[str, str]:
     """Assign every speaker to train/val/test, stratified by gender, reproducibly.
 
-    `genders` maps speaker id → "f"/"m"/None; each gender group (unknown is its own group) is
-    shuffled with `seed` and cut by `fractions`, so every split keeps the population's balance.
+    `genders` maps speaker id → "f"/"m"/None. Speakers are ordered by gender (unknown is its
+    own group), shuffled within each group with `seed`, and the test then val speakers are
+    picked at evenly spaced positions of that order: every split keeps the population's
+    gender balance, and with three or more speakers every split asked for gets one.
     """
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
         raise ValueError(f"fractions must be three non-negative numbers summing to 1: {fractions}")
@@ -134,23 +136,24 @@ def split_speakers(
     for spk in sorted(genders):
         groups[genders[spk]].append(spk)
     rng = random.Random(seed)
-    out: dict[str, str] = {}
+    order: list[str] = []
     for key in sorted(groups, key=str):
-        members = groups[key]
-        rng.shuffle(members)
-        n = len(members)
-        n_test = min(n, round(n * fractions[2]))
-        n_val = min(n - n_test, round(n * fractions[1]))
-        if fractions[0] == 0:
-            n_val = n - n_test
-        # with enough speakers, every split asked for gets at least one of this group
-        for need in (2, 1):
-            if n >= 3 and fractions[need] > 0 and (n_val, n_test)[need - 1] == 0:
-                if n - n_val - n_test > 1:
-                    n_val, n_test = (n_val + 1, n_test) if need == 1 else (n_val, n_test + 1)
-        n_train = n - n_val - n_test
-        for i, spk in enumerate(members):
-            out[spk] = "train" if i < n_train else "val" if i < n_train + n_val else "test"
+        rng.shuffle(groups[key])
+        order += groups[key]
+    n = len(order)
+    counts = [round(n * f) for f in fractions]
+    if n >= 3:
+        counts = [max(c, 1) if f > 0 else c for c, f in zip(counts, fractions, strict=True)]
+    n_test = min(counts[2], n)
+    n_val = n - n_test if fractions[0] == 0 else min(counts[1], n - n_test)
+    out = {}
+    remaining = order
+    for name, k in (("test", n_test), ("val", n_val)):
+        offset = rng.random()
+        picks = {int((i + offset) * len(remaining) / k) for i in range(k)} if k else set()
+        out.update({remaining[p]: name for p in picks})
+        remaining = [s for p, s in enumerate(remaining) if p not in picks]
+    out.update(dict.fromkeys(remaining, "train"))
     return out
 
 

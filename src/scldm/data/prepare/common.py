@@ -96,3 +96,119 @@ def count_rows(rows: Iterable[dict[str, Any]], report: PrepareReport) -> None:
     rows = list(rows)
     report.splits = Counter(r["split"] for r in rows)
     report.speakers = len({r["speaker_id"] for r in rows})
+
+
+# --- The per-clip work every real-corpus preparer shares ---------------------------------------
+
+
+@dataclass(frozen=True)
+class ClipJob:
+    """One clip to prepare: where its audio and face come from, and its labels.
+
+    `face` is an image path, or a callable-free tuple (path, x, y) meaning "crop around the
+    normalised point (x, y) of that image" is left to preparers that need it via `face_fn`.
+    """
+
+    speaker_id: str
+    clip_id: str
+    audio: Path
+    face: Path
+    gender: str | None = None
+    age: float | None = None
+    source: str = "folder"
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def audio_out(self) -> str:
+        return f"audio/{safe_name(self.speaker_id)}/{safe_name(self.clip_id)}.wav"
+
+    @property
+    def face_out(self) -> str:
+        return f"faces/{safe_name(self.speaker_id)}/{safe_name(self.clip_id)}.jpg"
+
+
+def _prepare_clip(args: tuple[ClipJob, Path, int, float, bool]) -> str | None:
+    """Write one clip's audio and face crop; return None, "reused", or a skip reason."""
+    from scldm.audio import load_audio
+    from scldm.errors import InputError
+    from scldm.faces import center_crop_resize, load_face, save_image
+
+    job, out, image_size, seconds, overwrite = args
+    audio_out, face_out = out / job.audio_out, out / job.face_out
+    if not overwrite and audio_out.is_file() and face_out.is_file():
+        return "reused"
+    try:
+        wave = load_audio(job.audio, max_seconds=seconds)
+    except InputError as e:
+        return f"unreadable audio ({e.problem.split(' (')[0]})"
+    if wave.size < 0.5 * 16_000:
+        return "audio shorter than 0.5 s"
+    try:
+        face = center_crop_resize(load_face(job.face), image_size)
+    except InputError as e:
+        return f"unreadable face image ({e.problem.split(' (')[0]})"
+    write_audio(audio_out, wave, 16_000)
+    save_image(face, face_out, quality=95)
+    return None
+
+
+def run_clip_jobs(
+    jobs: Sequence[ClipJob],
+    out: Path,
+    report: PrepareReport,
+    *,
+    image_size: int,
+    seconds: float,
+    workers: int,
+    seed: int,
+    overwrite: bool,
+    empty_hint: str,
+    split_of: Callable[[dict[str, str | None]], dict[str, str]] | None = None,
+) -> PrepareReport:
+    """Prepare every job in parallel, assign speaker-disjoint splits and write the manifest.
+
+    `split_of` maps {speaker: gender} to {speaker: split}; by default a seeded, gender-stratified
+    80/10/10 split. Items already done are reused unless `overwrite`.
+    """
+    from scldm.data.manifest import split_speakers, write_manifest
+    from scldm.errors import InputError
+
+    if image_size < 16 or seconds <= 0:
+        raise InputError(
+            None, f"--image-size must be >= 16 and --seconds > 0 (got {image_size}, {seconds})"
+        )
+    args = [(job, out, image_size, seconds, overwrite) for job in jobs]
+    done = []
+    for job, result in zip(
+        jobs,
+        parallel_map(_prepare_clip, args, workers=workers, desc="prepare", unit="clip"),
+        strict=True,
+    ):
+        if result is None:
+            report.written += 1
+        elif result == "reused":
+            report.reused += 1
+        else:
+            report.skip(result)
+            continue
+        done.append(job)
+    if not done:
+        raise InputError(None, empty_hint)
+    genders = {job.speaker_id: job.gender for job in done}
+    splits = (split_of or (lambda g: split_speakers(g, seed=seed)))(genders)
+    rows = [
+        {
+            "speaker_id": job.speaker_id,
+            "audio": job.audio_out,
+            "face": job.face_out,
+            "split": splits[job.speaker_id],
+            "gender": job.gender,
+            "age": job.age,
+            "source": job.source,
+            **job.extras,
+        }
+        for job in done
+    ]
+    write_manifest(rows, out)
+    count_rows(rows, report)
+    return report
