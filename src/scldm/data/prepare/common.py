@@ -3,8 +3,10 @@ writers for audio, and the end-of-run summary."""
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import subprocess
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -14,6 +16,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import soundfile as sf
+from PIL import Image
 from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
@@ -101,12 +104,17 @@ def count_rows(rows: Iterable[dict[str, Any]], report: PrepareReport) -> None:
 # --- The per-clip work every real-corpus preparer shares ---------------------------------------
 
 
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".mov", ".avi")
+
+
 @dataclass(frozen=True)
 class ClipJob:
     """One clip to prepare: where its audio and face come from, and its labels.
 
-    `face` is an image path, or a callable-free tuple (path, x, y) meaning "crop around the
-    normalised point (x, y) of that image" is left to preparers that need it via `face_fn`.
+    `face` is an image, or a video whose frame at `frame_seconds` is used. With `face_point`
+    (normalised x, y: AVSpeech's face centre) the crop is taken around that point — refined
+    by dlib's detector and 5-point alignment when the `eval` extra is installed — instead of
+    the centred square.
     """
 
     speaker_id: str
@@ -117,6 +125,9 @@ class ClipJob:
     age: float | None = None
     source: str = "folder"
     extras: dict[str, Any] = field(default_factory=dict)
+    face_point: tuple[float, float] | None = None
+    face_scale: float = 0.4
+    frame_seconds: float = 0.0
 
     @property
     def audio_out(self) -> str:
@@ -144,12 +155,64 @@ def _prepare_clip(args: tuple[ClipJob, Path, int, float, bool]) -> str | None:
     if wave.size < 0.5 * 16_000:
         return "audio shorter than 0.5 s"
     try:
-        face = center_crop_resize(load_face(job.face), image_size)
+        if job.face.suffix.lower() in VIDEO_SUFFIXES:
+            image = video_frame(job.face, job.frame_seconds)
+        else:
+            image = load_face(job.face)
     except InputError as e:
         return f"unreadable face image ({e.problem.split(' (')[0]})"
+    if job.face_point is None:
+        face = center_crop_resize(image, image_size)
+    else:
+        face = _face_near(image, job.face_point, job.face_scale, image_size)
     write_audio(audio_out, wave, 16_000)
     save_image(face, face_out, quality=95)
     return None
+
+
+def video_frame(path: Path, seconds: float) -> Image.Image:
+    """The frame of a video at `seconds` (the last one if the video is shorter), via ffmpeg."""
+    from scldm.errors import InputError
+
+    if not path.is_file():
+        raise InputError(path, "no such file")
+    for seek in (seconds, 0.0):
+        cmd = [
+            "ffmpeg",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-ss",
+            f"{seek:.3f}",
+            "-i",
+            str(path),
+            "-frames:v",
+            "1",
+            "-f",
+            "image2pipe",
+            "-vcodec",
+            "png",
+            "-",
+        ]
+        proc = subprocess.run(cmd, capture_output=True)
+        if proc.returncode == 0 and proc.stdout:
+            return Image.open(io.BytesIO(proc.stdout)).convert("RGB")
+    raise InputError(path, "no video frame could be decoded")
+
+
+def _face_near(
+    image: Image.Image, point: tuple[float, float], scale: float, size: int
+) -> Image.Image:
+    from scldm.faces import align_face, center_crop_resize, crop_around, detect_faces
+
+    px, py = point[0] * image.width, point[1] * image.height
+    try:  # refine with the detected face that contains the given centre, if any
+        boxes = [b for b in detect_faces(image) if b[0] <= px <= b[2] and b[1] <= py <= b[3]]
+    except ValueError:  # InputError: the eval extra (dlib) is not installed
+        boxes = []
+    if boxes:
+        return align_face(image, size, box=boxes[0])
+    return center_crop_resize(crop_around(image, *point, scale=scale), size)
 
 
 def run_clip_jobs(
