@@ -33,15 +33,21 @@ lint: install
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/lint-imports
 
-# The main job end to end on SynthVox. Stage 1 (contrastive pre-training), stage 2 (diffusion with
-# the face prior) and generation join this target as they land (issues 4 and 5).
+# The main job end to end on SynthVox. Until the SynthVox issue (3) lands, the demo prepares a
+# small folder corpus made on the spot and shows the front end; stage 1, stage 2 and generation
+# join this target as they land (issues 4 and 5).
 DEMO ?= runs/demo
 demo: install
-	$(VENV)/bin/scldm prepare synthvox --out $(DEMO)/data --speakers 600 --image-size 64
-	$(VENV)/bin/scldm synthvox-oracle --data $(DEMO)/data --out $(DEMO)/oracle
+	@if $(PY) -c "import scldm.data.synthvox" 2>/dev/null; then \
+	  $(VENV)/bin/scldm prepare synthvox --out $(DEMO)/data --speakers 600 --image-size 64 && \
+	  $(VENV)/bin/scldm synthvox-oracle --data $(DEMO)/data --out $(DEMO)/oracle; \
+	else \
+	  $(PY) benchmarks/demo_corpus.py $(DEMO)/corpus && \
+	  $(VENV)/bin/scldm prepare folder --root $(DEMO)/corpus --out $(DEMO)/data --image-size 64 --workers 2; \
+	fi
 	@echo
-	@echo "demo: data in $(DEMO)/data, oracle report in $(DEMO)/oracle/report.md"
-	@echo "demo: not yet implemented: stage 1 pre-training, stage 2 diffusion, generation (issues 4-5)"
+	@echo "demo: prepared data in $(DEMO)/data"
+	@echo "demo: not yet implemented: SynthVox (issue 3), stage 1 pre-training (4), stage 2 diffusion and generation (5)"
 
 bench: install
 	$(PY) benchmarks/frontend.py
