@@ -1,0 +1,126 @@
+"""Pure loss functions: the CLIP contrastive loss, reconstruction terms and the stage-1 loss.
+
+References: Radford et al., "Learning Transferable Visual Models From Natural Language
+Supervision" (CLIP), ICML 2021, Fig. 3; open_clip's `ClipLoss` (`local_loss` with gathered
+features); the SCLDM paper, eq. 1 (L = L_con + L_rec, L_rec = MAE + LPIPS).
+Only torch and torch.distributed: no accelerate, no model classes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+LOSS_KEYS = ("loss/contrastive", "loss/mae", "loss/lpips")
+
+
+def _all_gather(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate x (B, ...) from every rank in rank order, keeping the gradient path."""
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x), dim=0)
+
+
+def clip_loss(
+    speech_emb: torch.Tensor,
+    face_emb: torch.Tensor,
+    logit_scale: torch.Tensor,
+    *,
+    speaker_ids: torch.Tensor | None = None,
+    gather: bool = False,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Symmetric InfoNCE as in CLIP (Radford et al. 2021, Fig. 3).
+
+    speech_emb, face_emb: (B, D) paired embeddings (normalised here); logit_scale: () log
+    inverse temperature, logits = exp(logit_scale) · cos. With `speaker_ids` (B,), pairs of the
+    same speaker other than the true pair are masked out of the softmax: they are not
+    negatives. With `gather=True` and torch.distributed initialised, features of all ranks are
+    gathered with gradient and the local rows are scored against all columns, labels
+    arange(B) + rank·B (open_clip's local loss); the mean over ranks equals the loss of the
+    whole global batch. Every rank must pass the same batch size.
+
+    Returns (loss, logs) with logs["accuracy"], the in-batch speech→face top-1 accuracy of the
+    local rows, and logs["logit_scale"], exp(logit_scale); both detached.
+    """
+    speech = F.normalize(speech_emb, dim=-1)  # (B, D)
+    face = F.normalize(face_emb, dim=-1)
+    batch = speech.shape[0]
+    labels = torch.arange(batch, device=speech.device)
+    all_speech, all_face, all_ids = speech, face, speaker_ids
+    if gather and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        labels = labels + dist.get_rank() * batch
+        all_speech, all_face = _all_gather(speech), _all_gather(face)  # (W·B, D)
+        all_ids = None if speaker_ids is None else _all_gather(speaker_ids)
+    scale = logit_scale.exp()
+    logits_s2f = scale * speech @ all_face.T  # (B, W·B)
+    logits_f2s = scale * face @ all_speech.T
+    if speaker_ids is not None:
+        speaker_ids = speaker_ids.to(speech.device)
+        all_ids = all_ids.to(speech.device)
+        same = speaker_ids[:, None] == all_ids[None, :]  # (B, W·B)
+        same[torch.arange(batch, device=labels.device), labels] = False
+        logits_s2f = logits_s2f.masked_fill(same, float("-inf"))
+        logits_f2s = logits_f2s.masked_fill(same, float("-inf"))
+    loss = (F.cross_entropy(logits_s2f, labels) + F.cross_entropy(logits_f2s, labels)) / 2
+    accuracy = (logits_s2f.argmax(dim=-1) == labels).float().mean()
+    return loss, {"accuracy": accuracy.detach(), "logit_scale": scale.detach()}
+
+
+def reconstruction_loss(
+    reconstruction: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """L_rec terms: faces (B, 3, H, W) in [-1, 1] → {"loss/mae": mean |x̂ − x|} and, when a
+    perceptual metric (x̂, x) → (B,) such as `scldm.models.perceptual.LPIPS` is given,
+    {"loss/lpips": its batch mean}."""
+    terms = {"loss/mae": (reconstruction - target).abs().mean()}
+    if perceptual is not None:
+        terms["loss/lpips"] = perceptual(reconstruction, target).mean()
+    return terms
+
+
+def encoder_stage_loss(
+    outputs: Mapping[str, torch.Tensor],
+    batch: Mapping[str, Any],
+    weights: Mapping[str, float],
+    *,
+    perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    gather: bool = False,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Stage-1 loss, SCLDM eq. 1: total = Σ_k weights[k] · logs[k] over LOSS_KEYS.
+
+    outputs: `SpeechFaceModel.forward`'s dict; batch: needs "face" (B, 3, H, W) and uses
+    "speaker" (B,) to mask same-speaker negatives when present. weights: keyed like the logs
+    ("loss/contrastive", "loss/mae", "loss/lpips"); a missing key weighs 0, and LPIPS is
+    computed only when its weight is nonzero (then `perceptual` is required).
+
+    Returns (loss, logs): logs holds "loss" and each term computed, plus "accuracy" and
+    "logit_scale" from `clip_loss`, all 0-dim detached tensors (float() them to log; keeping
+    them tensors avoids a device sync per step).
+    """
+    unknown = set(weights) - set(LOSS_KEYS)
+    if unknown:
+        raise ValueError(f"unknown loss weights {sorted(unknown)}; known: {LOSS_KEYS}")
+    use_lpips = weights.get("loss/lpips", 0.0) != 0.0
+    if use_lpips and perceptual is None:
+        raise ValueError("loss/lpips has a nonzero weight but no perceptual module was given")
+    contrastive, clip_logs = clip_loss(
+        outputs["speech_embedding"],
+        outputs["face_embedding"],
+        outputs["logit_scale"],
+        speaker_ids=batch.get("speaker"),
+        gather=gather,
+    )
+    terms = {"loss/contrastive": contrastive}
+    terms |= reconstruction_loss(
+        outputs["reconstruction"], batch["face"], perceptual=perceptual if use_lpips else None
+    )
+    total = sum(weights.get(key, 0.0) * value for key, value in terms.items())
+    logs = {"loss": total.detach()} | {k: v.detach() for k, v in terms.items()} | clip_logs
+    return total, logs
