@@ -1,0 +1,1 @@
+"""Evaluation: metrics, feature and attribute extractors (the SynthVox oracle among them)."""
