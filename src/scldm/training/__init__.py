@@ -1,0 +1,1 @@
+"""Training stages; the only package that imports accelerate."""

@@ -1,0 +1,390 @@
+"""Stage 1 (paper eq. 1): collaborative pre-training of the speech encoder, the VGG-16 face
+encoder and the face decoder — a CLIP-style loss aligns speech and face embeddings while the
+decoder learns to reconstruct faces from the face latents. One `train(cfg)`, STYLE.md §4.7."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+from scldm.audio import SpectrogramFrontend
+from scldm.config import EncoderStageConfig
+from scldm.data.datasets import SpeakerBatchSampler, SpeechFaceDataset, collate
+from scldm.errors import InputError
+from scldm.evaluation.metrics import mean_by_group, pearson_r, pooled_recall, psnr, ridge_probe
+from scldm.faces import make_grid, save_image
+from scldm.losses import encoder_stage_loss
+from scldm.models import FaceDecoder, FaceEncoder, SpeechEncoder
+from scldm.models.contrastive import SpeechFaceModel
+from scldm.models.face_decoder import FACE_DECODER_PRESETS
+from scldm.models.face_encoder import FACE_ENCODER_PRESETS
+from scldm.models.speech_encoder import SPEECH_ENCODER_PRESETS
+from scldm.training.common import (
+    EMA,
+    TrainState,
+    batch_stream,
+    check_ranks_agree,
+    load_checkpoint,
+    log_scalars,
+    lr_at,
+    make_accelerator,
+    param_groups,
+    plot_scalars,
+    resolve_resume,
+    save_checkpoint,
+    set_lr,
+    setup_run,
+    write_json,
+    write_meta,
+)
+
+log = logging.getLogger("scldm.train")
+LOGIT_SCALE_MAX = 4.6052  # ln 100, CLIP's clamp
+CURVES = ["train/loss", "train/contrastive", "train/mae", "val/R@1", "val/R@10", "val/psnr"]
+
+
+def component_kwargs(mapping: Mapping[str, Any], presets: Mapping[str, dict], what: str) -> dict:
+    """Constructor kwargs from a config mapping: `preset: NAME` names an architecture preset of
+    the model module; the other keys override its values."""
+    kwargs = dict(mapping)
+    name = kwargs.pop("preset", None)
+    if name is None:
+        return kwargs
+    if name not in presets:
+        raise InputError(None, f"{what}.preset: unknown {name!r}; known: {', '.join(presets)}")
+    return {**presets[name], **kwargs}
+
+
+def build_model(cfg: EncoderStageConfig) -> SpeechFaceModel:
+    """The three networks and the temperature, built from the config's constructor kwargs."""
+    try:
+        model = SpeechFaceModel(
+            speech_encoder=SpeechEncoder(
+                **component_kwargs(cfg.speech_encoder, SPEECH_ENCODER_PRESETS, "speech_encoder")
+            ),
+            face_encoder=FaceEncoder(
+                **component_kwargs(cfg.face_encoder, FACE_ENCODER_PRESETS, "face_encoder")
+            ),
+            face_decoder=FaceDecoder(
+                **component_kwargs(cfg.face_decoder, FACE_DECODER_PRESETS, "face_decoder")
+            ),
+        )
+    except TypeError as e:  # an unknown constructor keyword in the config
+        raise InputError(None, f"model config: {e}") from None
+    if cfg.vggface_weights:
+        report = model.face_encoder.load_vggface(cfg.vggface_weights)
+        log.info("VGGFace weights from %s: %s", cfg.vggface_weights, report)
+    return model
+
+
+def _perceptual(cfg: EncoderStageConfig, device: torch.device):
+    if cfg.loss_weights.get("loss/lpips", 0.0) == 0.0:
+        return None
+    from scldm.models.perceptual import LPIPS
+
+    return LPIPS(backbone_weights=cfg.lpips_weights).to(device).eval().requires_grad_(False)
+
+
+# --- Validation ------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def embed_split(
+    model: SpeechFaceModel,
+    frontend: SpectrogramFrontend,
+    dataset: SpeechFaceDataset,
+    *,
+    max_clips: int,
+    batch_size: int,
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """Speech and face embeddings, speakers and reconstructions of up to `max_clips` clips."""
+    model.eval()
+    subset = Subset(dataset, range(min(len(dataset), max_clips)))
+    out = defaultdict(list)
+    for batch in DataLoader(subset, batch_size=batch_size, collate_fn=collate):
+        face = batch["face"].to(device)
+        outputs = model(frontend(batch["waveform"].to(device)), face)
+        out["speech"].append(outputs["speech_embedding"].float().cpu())
+        out["face"].append(outputs["face_embedding"].float().cpu())
+        out["mae"].append((outputs["reconstruction"] - face).abs().flatten(1).mean(1).cpu())
+        out["psnr"].append(torch.tensor([psnr(outputs["reconstruction"], face)] * len(face)))
+        out["speaker"].append(batch["speaker"])
+        if len(out["faces"]) == 0:
+            out["faces"].append(face[:16].cpu())
+            out["recons"].append(outputs["reconstruction"][:16].float().cpu())
+    model.train()
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def retrieval_by_speaker(emb: dict[str, torch.Tensor], pool_size: int) -> dict[str, float]:
+    """Speech→face Recall@K between per-speaker mean embeddings, in pools of speakers."""
+    speakers = emb["speaker"].tolist()
+    speech, _ = mean_by_group(torch.nn.functional.normalize(emb["speech"], dim=-1), speakers)
+    face, _ = mean_by_group(torch.nn.functional.normalize(emb["face"], dim=-1), speakers)
+    return pooled_recall(speech, face, pool_size=pool_size)
+
+
+def validate(
+    model, frontend, dataset, cfg: EncoderStageConfig, device, run_dir: Path, step: int
+) -> dict[str, float]:
+    emb = embed_split(
+        model,
+        frontend,
+        dataset,
+        max_clips=cfg.eval.max_clips,
+        batch_size=cfg.train.batch_size,
+        device=device,
+    )
+    metrics = {f"val/{k}": v for k, v in retrieval_by_speaker(emb, cfg.eval.pool_size).items()}
+    metrics["val/recon_mae"] = emb["mae"].mean().item()
+    metrics["val/psnr"] = emb["psnr"].mean().item()
+    n = cfg.eval.grid_size
+    pairs = [im for pair in zip(emb["faces"][:n], emb["recons"][:n], strict=True) for im in pair]
+    grid = make_grid(pairs, ncols=2 * min(4, n), captions=["true", "recon"] * (len(pairs) // 2))
+    save_image(grid, run_dir / "samples" / f"step_{step:07d}.png")
+    return metrics
+
+
+def linear_probes(train_emb, test_emb, train_ds, test_ds) -> dict[str, float]:
+    """Gender accuracy and age correlation a linear read-out gets from speech embeddings,
+    per speaker (means over clips), fit on train speakers and scored on test speakers."""
+    out: dict[str, float] = {}
+    for name, emb, ds in (("train", train_emb, train_ds), ("test", test_emb, test_ds)):
+        x, ids = mean_by_group(
+            torch.nn.functional.normalize(emb["speech"], dim=-1), emb["speaker"].tolist()
+        )
+        attrs = {}
+        for row, spk in zip(ds.rows, ds.speaker_index, strict=True):
+            attrs.setdefault(spk, row)
+        out[name] = (x, [attrs[i] for i in ids])
+    (xtr, rtr), (xte, rte) = out.pop("train"), out.pop("test")
+    results: dict[str, float] = {}
+    keep = [i for i, r in enumerate(rtr) if r["gender"] in ("f", "m")]
+    keep_t = [i for i, r in enumerate(rte) if r["gender"] in ("f", "m")]
+    if keep and keep_t:
+        y = torch.tensor([float(rtr[i]["gender"] == "f") for i in keep])
+        pred = ridge_probe(xtr[keep], y, xte[keep_t]) > 0.5
+        truth = torch.tensor([rte[i]["gender"] == "f" for i in keep_t])
+        results["probe/gender_accuracy"] = (pred == truth).float().mean().item()
+    keep = [i for i, r in enumerate(rtr) if r["age"] is not None]
+    keep_t = [i for i, r in enumerate(rte) if r["age"] is not None]
+    if len(keep) > 2 and len(keep_t) > 2:
+        pred = ridge_probe(
+            xtr[keep], torch.tensor([float(rtr[i]["age"]) for i in keep]), xte[keep_t]
+        )
+        results["probe/age_r"] = pearson_r(
+            pred, torch.tensor([float(rte[i]["age"]) for i in keep_t])
+        )
+    return results
+
+
+# --- Training --------------------------------------------------------------------------------
+
+
+def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = False) -> Path:
+    """Run stage 1 and return the export folder (speech_encoder/, face_encoder/, face_decoder/,
+    frontend/ — EMA weights, `save_pretrained` format)."""
+    run_dir = Path(cfg.train.output_dir)
+    accelerator = make_accelerator(cfg.train, run_dir, cpu=cpu)
+    set_seed(cfg.train.seed)  # identical initialisation on every rank
+    setup_run(accelerator, cfg, run_dir, "scldm-pretrain")
+    device = accelerator.device
+
+    frontend = SpectrogramFrontend(**cfg.frontend)
+    train_ds = SpeechFaceDataset(
+        cfg.data.root, "train", frontend=frontend, image_size=cfg.data.image_size
+    )
+    sampler = SpeakerBatchSampler(train_ds.speaker_index, cfg.train.batch_size, seed=cfg.train.seed)
+    loader = DataLoader(
+        train_ds,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=cfg.data.num_workers,
+        persistent_workers=cfg.data.num_workers > 0,
+    )
+    model = build_model(cfg)
+    groups = param_groups(
+        {
+            "speech": (model.speech_encoder, cfg.speech_lr),
+            "face": (torch.nn.ModuleList([model.face_encoder, model.face_decoder]), cfg.face_lr),
+            "logit_scale": (torch.nn.ParameterList([model.logit_scale]), cfg.speech_lr),
+        },
+        cfg.optim.weight_decay,
+    )
+    optimizer = torch.optim.AdamW(groups, betas=cfg.optim.betas)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
+    frontend.to(device)
+    perceptual = _perceptual(cfg, device)
+    set_seed(cfg.train.seed, device_specific=True)  # per-rank randomness from here on
+
+    unwrapped = accelerator.unwrap_model(model)
+    ema, state = EMA(unwrapped, cfg.train.ema_decay), TrainState()
+    checkpoint = resolve_resume(run_dir, resume)
+    if checkpoint is not None:
+        load_checkpoint(
+            accelerator, checkpoint, model=unwrapped, optimizer=optimizer, ema=ema, state=state
+        )
+        log.info("resumed from %s at step %d", checkpoint, state.step)
+    elif resume == "latest":
+        log.info("no checkpoint in %s yet: starting from step 0", run_dir)
+    global_batch = cfg.train.batch_size * cfg.train.grad_accum_steps * accelerator.num_processes
+    log.info(
+        "stage 1: %d train clips of %d speakers, global batch %d, %d steps, %s",
+        len(train_ds),
+        len(train_ds.speakers),
+        global_batch,
+        cfg.train.max_steps,
+        device,
+    )
+
+    val_ds = _maybe_split(cfg, frontend, cfg.eval.split)
+    bar = tqdm(
+        total=cfg.train.max_steps,
+        initial=state.step,
+        desc="pretrain",
+        dynamic_ncols=True,
+        disable=not accelerator.is_local_main_process,
+    )
+    sums: dict[str, float] = defaultdict(float)
+    count, tick = 0, time.perf_counter()
+    for batch in batch_stream(loader, sampler, state.step, accelerator):
+        if state.step >= cfg.train.max_steps:
+            break
+        with accelerator.accumulate(model):
+            outputs = model(frontend(batch["waveform"]), batch["face"])  # through DDP's forward
+            loss, logs = encoder_stage_loss(
+                outputs, batch, cfg.loss_weights, perceptual=perceptual, gather=cfg.gather_negatives
+            )
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                logs["grad_norm"] = accelerator.clip_grad_norm_(
+                    model.parameters(), cfg.optim.grad_clip
+                )
+            set_lr(optimizer, lr_at(state.step, cfg.optim, cfg.train.max_steps))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        for key, value in logs.items():
+            sums[key] += float(value)
+        count += 1
+        if not accelerator.sync_gradients:
+            continue
+        state.step += 1
+        state.samples += global_batch
+        with torch.no_grad():
+            unwrapped.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
+        ema.update(unwrapped)
+        if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
+            means = {
+                f"train/{k.removeprefix('loss/')}" if k.startswith("loss/") else f"train/{k}": v
+                / count
+                for k, v in sums.items()
+            }
+            means = {
+                k: accelerator.reduce(torch.tensor(v, device=device), "mean").item()
+                for k, v in means.items()
+            }
+            means["train/lr"] = optimizer.param_groups[0]["lr"]
+            means["train/samples_per_sec"] = (
+                count
+                * cfg.train.batch_size
+                * accelerator.num_processes
+                / (time.perf_counter() - tick)
+            )
+            log_scalars(accelerator, run_dir, means, state.step)
+            bar.set_postfix(
+                loss=f"{means['train/loss']:.3f}", sps=f"{means['train/samples_per_sec']:.1f}"
+            )
+            log.info("step %d %s", state.step, " ".join(f"{k}={v:.4g}" for k, v in means.items()))
+            sums, count, tick = defaultdict(float), 0, time.perf_counter()
+        bar.update()
+        if (
+            val_ds is not None
+            and (state.step % cfg.train.eval_every == 0)
+            and accelerator.is_main_process
+        ):
+            metrics = validate(unwrapped, frontend, val_ds, cfg, device, run_dir, state.step)
+            log_scalars(accelerator, run_dir, metrics, state.step)
+            log.info("step %d %s", state.step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+        if state.step % cfg.train.save_every == 0 or state.step == cfg.train.max_steps:
+            save_checkpoint(
+                accelerator,
+                run_dir,
+                model=unwrapped,
+                optimizer=optimizer,
+                ema=ema,
+                state=state,
+                keep_last=cfg.train.keep_last,
+            )
+    bar.close()
+    return export(accelerator, unwrapped, ema, frontend, cfg, run_dir, state, train_ds)
+
+
+def _maybe_split(cfg: EncoderStageConfig, frontend, split: str) -> SpeechFaceDataset | None:
+    try:
+        return SpeechFaceDataset(
+            cfg.data.root, split, frontend=frontend, image_size=cfg.data.image_size
+        )
+    except InputError:
+        log.info("no %s split in %s: skipping that evaluation", split, cfg.data.root)
+        return None
+
+
+def export(
+    accelerator,
+    model: SpeechFaceModel,
+    ema: EMA,
+    frontend,
+    cfg: EncoderStageConfig,
+    run_dir: Path,
+    state: TrainState,
+    train_ds: SpeechFaceDataset,
+) -> Path:
+    """Save the EMA weights with `save_pretrained`, then score them on the test split."""
+    out = run_dir / "export"
+    check_ranks_agree(accelerator, model)
+    if accelerator.is_main_process:
+        final = copy.deepcopy(model).cpu()
+        ema.copy_to(final)
+        for name, module in (
+            ("speech_encoder", final.speech_encoder),
+            ("face_encoder", final.face_encoder),
+            ("face_decoder", final.face_decoder),
+            ("frontend", frontend.cpu()),
+        ):
+            module.save_pretrained(out / name)
+            write_meta(out / name, run_dir, state.step)
+        metrics = {"step": state.step, "logit_scale": final.logit_scale.detach().exp().item()}
+        test_ds = _maybe_split(cfg, frontend, "test")
+        if test_ds is not None:
+            kw = {
+                "max_clips": cfg.eval.max_clips,
+                "batch_size": cfg.train.batch_size,
+                "device": torch.device("cpu"),
+            }
+            test_emb = embed_split(final, frontend, test_ds, **kw)
+            metrics |= {
+                f"test/{k}": v
+                for k, v in retrieval_by_speaker(test_emb, cfg.eval.pool_size).items()
+            }
+            metrics["test/recon_mae"] = test_emb["mae"].mean().item()
+            metrics["test/psnr"] = test_emb["psnr"].mean().item()
+            train_emb = embed_split(final, frontend, train_ds, **kw)
+            metrics |= linear_probes(train_emb, test_emb, train_ds, test_ds)
+            validate(final, frontend, test_ds, cfg, torch.device("cpu"), run_dir, state.step)
+        write_json(run_dir / "metrics.json", metrics)
+        plot_scalars(run_dir, CURVES, run_dir / "curves.png")
+        log.info("exported %s; %s", out, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return out

@@ -1,0 +1,135 @@
+"""Stage 1 end to end with the tiny preset: the command's outputs, determinism, exact resume in a
+fresh process, and a 2-process CPU run through accelerate (gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from scldm.cli import main
+from scldm.data.synthvox import prepare_synthvox
+from scldm.models import FaceDecoder, FaceEncoder, SpeechEncoder
+
+TINY = ["--config", "tiny", "--set", "optim.schedule=constant"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("sv")
+    prepare_synthvox(
+        out, speakers=40, clips_per_speaker=2, faces_per_speaker=1, image_size=32, workers=1
+    )
+    return out
+
+
+def _pretrain(data: Path, out: Path, *extra: str) -> int:
+    return main(["pretrain", "--data", str(data), "--out", str(out), *TINY, *extra])
+
+
+def _cli(*args: str, nproc: int = 1) -> subprocess.CompletedProcess:
+    """`scldm ...` in a fresh process (under `accelerate launch` when nproc > 1)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if nproc == 1:
+        cmd = [sys.executable, "-m", "scldm", *args]
+    else:
+        # --multi_gpu selects torch's multi-process launcher; `scldm ... --cpu` then makes
+        # Accelerator run each process on the CPU with the gloo backend
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
+        cmd += ["--num_processes", str(nproc), "--num_machines", "1", "--mixed_precision", "no"]
+        cmd += ["--dynamo_backend", "no", "-m", "scldm", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+def _weights(checkpoint: Path) -> dict[str, dict[str, torch.Tensor]]:
+    return {n: load_file(checkpoint / f"{n}.safetensors") for n in ("model", "ema")}
+
+
+def _assert_equal(a: dict, b: dict) -> None:
+    for part in a:
+        assert a[part].keys() == b[part].keys()
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}:{key}"
+
+
+def test_pretrain_writes_a_complete_run(data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _pretrain(data, run) == 0
+    assert "stage 1 done" in capsys.readouterr().out
+    assert (run / "config.yaml").is_file() and (run / "log.txt").is_file()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "step_0000002",
+        "step_0000004",
+    ]
+    assert sorted(p.name for p in (run / "samples").glob("*.png"))  # reconstruction grids
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["step"] == 4
+    for key in ("test/R@1", "test/psnr", "probe/gender_accuracy", "probe/age_r"):
+        assert key in metrics
+    # the export loads back with from_pretrained and holds the EMA weights
+    export = run / "export"
+    speech = SpeechEncoder.from_pretrained(export / "speech_encoder")
+    FaceEncoder.from_pretrained(export / "face_encoder")
+    FaceDecoder.from_pretrained(export / "face_decoder")
+    ema = load_file(run / "checkpoints" / "step_0000004" / "ema.safetensors")
+    for key, value in speech.state_dict().items():
+        assert torch.equal(value, ema[f"speech_encoder.{key}"].to(value.dtype)), key
+
+
+def test_same_seed_gives_bitwise_identical_weights(data, tmp_path):
+    for name in ("a", "b"):
+        assert _pretrain(data, tmp_path / name, "--set", "train.max_steps=2") == 0
+    a, b = (_weights(tmp_path / n / "checkpoints" / "step_0000002") for n in ("a", "b"))
+    _assert_equal(a, b)
+    c = tmp_path / "c"
+    assert _pretrain(data, c, "--set", "train.max_steps=2", "--set", "train.seed=1") == 0
+    other = _weights(c / "checkpoints" / "step_0000002")
+    assert not torch.equal(a["model"]["logit_scale"], other["model"]["logit_scale"]) or any(
+        not torch.equal(a["model"][k], other["model"][k]) for k in a["model"]
+    )
+
+
+def test_resume_in_a_fresh_process_equals_training_straight(data, tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert _pretrain(data, straight) == 0  # 4 steps, checkpoints at 2 and 4
+    assert _pretrain(data, resumed, "--set", "train.max_steps=2") == 0  # "killed" after step 2
+    args = ["pretrain", "--data", str(data), "--out", str(resumed), *TINY, "--resume", "latest"]
+    done = _cli(*args)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resumed from" in (resumed / "log.txt").read_text()
+    final = "checkpoints/step_0000004"
+    _assert_equal(_weights(straight / final), _weights(resumed / final))
+    state = json.loads((resumed / final / "state.json").read_text())
+    assert state["step"] == 4 and state == json.loads((straight / final / "state.json").read_text())
+
+
+def test_resume_rejects_a_folder_that_is_not_a_checkpoint(data, tmp_path, capsys):
+    assert _pretrain(data, tmp_path / "r", "--resume", str(tmp_path)) == 2
+    assert "not a checkpoint folder" in capsys.readouterr().err
+
+
+def test_two_processes_through_accelerate(data, tmp_path):
+    run = tmp_path / "ddp"
+    args = ["pretrain", "--data", str(data), "--out", str(run), *TINY, "--cpu"]
+    done = _cli(*args, nproc=2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    log = (run / "log.txt").read_text()
+    assert "parameters identical on all 2 processes" in log  # an all-gather at the end
+    assert "global batch 8" in log  # 2 processes × batch 4
+    checkpoint = run / "checkpoints" / "step_0000004"
+    assert sorted(p.name for p in checkpoint.iterdir()) == [
+        "ema.safetensors",
+        "model.safetensors",
+        "optimizer.pt",
+        "rng_0.safetensors",
+        "rng_1.safetensors",
+        "state.json",
+    ]
+    assert json.loads((run / "metrics.json").read_text())["step"] == 4
+    assert not list(run.glob("*.tmp")) and not list((run / "checkpoints").glob(".*"))
