@@ -33,24 +33,23 @@ lint: install
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/lint-imports
 
-# The main job end to end on SynthVox. Until the SynthVox issue (3) lands, the demo prepares a
-# small folder corpus made on the spot and shows the front end; stage 1, stage 2 and generation
-# join this target as they land (issues 4 and 5).
+# The main job end to end on SynthVox: data, its oracle, stage 1. Stage 2 and generation join
+# this target with issue 5. Steps are cut to fit a laptop; the full settings are the presets'.
 DEMO ?= runs/demo
 demo: install
-	@if $(PY) -c "import scldm.data.synthvox" 2>/dev/null; then \
-	  $(VENV)/bin/scldm prepare synthvox --out $(DEMO)/data --speakers 600 --image-size 64 && \
-	  $(VENV)/bin/scldm synthvox-oracle --data $(DEMO)/data --out $(DEMO)/oracle; \
-	else \
-	  $(PY) benchmarks/demo_corpus.py $(DEMO)/corpus && \
-	  $(VENV)/bin/scldm prepare folder --root $(DEMO)/corpus --out $(DEMO)/data --image-size 64 --workers 2; \
-	fi
+	$(VENV)/bin/scldm prepare synthvox --out $(DEMO)/data --speakers 600 --image-size 64 --workers 2
+	$(VENV)/bin/scldm synthvox-oracle --data $(DEMO)/data --out $(DEMO)/oracle --steps 800
+	$(VENV)/bin/scldm pretrain --data $(DEMO)/data --out $(DEMO)/encoders --config small \
+	  --set train.max_steps=400 --set train.eval_every=200 --set train.save_every=200 --resume latest
 	@echo
-	@echo "demo: prepared data in $(DEMO)/data"
-	@echo "demo: not yet implemented: SynthVox (issue 3), stage 1 pre-training (4), stage 2 diffusion and generation (5)"
+	@echo "demo: data in $(DEMO)/data, oracle in $(DEMO)/oracle, stage-1 run in $(DEMO)/encoders"
+	@echo "demo: look at $(DEMO)/encoders/samples/*.png and $(DEMO)/encoders/metrics.json"
+	@echo "demo: not yet implemented: stage 2 diffusion and generation (issue 5)"
 
 bench: install
 	$(PY) benchmarks/frontend.py
+	$(PY) benchmarks/synthvox.py
+	$(PY) benchmarks/pretrain.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

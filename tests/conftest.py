@@ -49,3 +49,20 @@ def _seed():
 @pytest.fixture
 def wav_file(tmp_path: Path) -> Path:
     return write_wav(tmp_path / "tone.wav", tone(440.0, 2.0))
+
+
+@pytest.fixture(scope="session")
+def tiny_stage1(tmp_path_factory) -> tuple[Path, Path]:
+    """(a 30-speaker SynthVox set at 32 px, a 2-step tiny `scldm pretrain` run on it)."""
+    from scldm.cli import main
+    from scldm.data.synthvox import prepare_synthvox
+
+    root = tmp_path_factory.mktemp("stage1")
+    data = root / "data"
+    prepare_synthvox(
+        data, speakers=30, clips_per_speaker=2, faces_per_speaker=2, image_size=32, workers=1
+    )
+    run = root / "enc"
+    args = ["pretrain", "--data", str(data), "--out", str(run), "--config", "tiny"]
+    assert main([*args, "--set", "train.max_steps=2"]) == 0
+    return data, run

@@ -161,6 +161,68 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--data", type=Path, required=True, help="a prepared dataset folder")
     pre.add_argument("--out", type=Path, required=True, help="the run folder")
     _add_run_options(pre, stage="pretrain")
+
+    # --- prior ---
+    pri = sub.add_parser(
+        "prior",
+        help="the face prior: the mean scaled latent of gender-balanced training faces",
+        description="Paper eq. 3. Encodes the training split with the frozen stage-1 face "
+        "encoder (cached in ENCODERS/cache/, reused by `scldm train`), fixes the latent scale "
+        "(unit variance), and writes ENCODERS/prior/: prior.safetensors and the convergence "
+        "table of paper Table 1 (prior_convergence.csv and .png).",
+    )
+    pri.add_argument("--encoders", type=Path, required=True, help="a `scldm pretrain` run")
+    pri.add_argument("--data", type=Path, required=True, help="the prepared dataset")
+    pri.add_argument(
+        "--num-faces",
+        type=int,
+        default=10_000,
+        help="faces averaged, half women and half men (default: %(default)s, or all there are)",
+    )
+    pri.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+
+    # --- train ---
+    tra = sub.add_parser(
+        "train",
+        help="stage 2: the speech-conditioned latent diffusion model with the face prior",
+        description="Stage 2 of SCLDM (paper eq. 2, 4-6) on cached latents of the frozen "
+        "stage-1 encoders. Writes RUN/config.yaml, log.txt, scalars.jsonl, curves.png, "
+        "samples/ (true face | generated faces for fixed validation voices and seeds), "
+        "checkpoints/ and RUN/pipeline/ (a SpeechToFacePipeline for `scldm generate`).",
+    )
+    tra.add_argument("--encoders", type=Path, required=True, help="a `scldm pretrain` run")
+    tra.add_argument("--data", type=Path, required=True, help="the prepared dataset")
+    tra.add_argument("--out", type=Path, required=True, help="the run folder")
+    _add_run_options(tra, stage="train")
+
+    # --- generate ---
+    gen = sub.add_parser(
+        "generate",
+        help="faces from voices with a trained pipeline",
+        description="Writes OUT/<audio name>_<k>.png for each audio file and image, and "
+        "OUT/grid.png (one row per voice) when there is more than one image.",
+    )
+    gen.add_argument("audio", type=Path, nargs="+", help="audio files (wav, flac, mp3, m4a, ...)")
+    gen.add_argument(
+        "--model", type=Path, required=True, help="a pipeline folder (RUN/pipeline of scldm train)"
+    )
+    gen.add_argument("-o", "--out", type=Path, required=True, help="folder for the PNGs")
+    gen.add_argument("--num-images", type=int, default=1, help="faces per voice (default: 1)")
+    gen.add_argument("--steps", type=int, default=25, help="sampler steps (default: 25)")
+    gen.add_argument(
+        "--guidance",
+        type=float,
+        default=1.0,
+        help="classifier-free guidance scale; 1 = none, one UNet pass per step (default: 1)",
+    )
+    gen.add_argument(
+        "--scheduler",
+        choices=["ddpm", "ddim", "dpm++", "unipc"],
+        default=None,
+        help="sampler (default: the pipeline's own)",
+    )
+    gen.add_argument("--lam", type=float, default=None, help="λ_infer (default: the pipeline's)")
+    gen.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
     return parser
 
 
@@ -247,14 +309,104 @@ def _run(args: argparse.Namespace) -> int:
         from scldm.config import EncoderStageConfig, load_config
         from scldm.training.encoders import train
 
-        if not (args.data / "manifest.jsonl").is_file():
-            raise InputError(args.data, "is not a prepared dataset (no manifest.jsonl)")
+        _require_dataset(args.data)
         overrides = [*args.overrides, f"data.root={args.data}", f"train.output_dir={args.out}"]
         cfg = load_config(EncoderStageConfig, args.config, overrides, stage="pretrain")
         export = train(cfg, resume=args.resume, cpu=args.cpu)
         print(f"stage 1 done: encoders and decoder in {export}, numbers in {args.out}/metrics.json")
         return 0
+    if args.command == "prior":
+        from scldm.training.latents import (
+            build_cache,
+            compute_prior,
+            latent_scale,
+            load_encoders,
+            save_prior,
+        )
+
+        _require_dataset(args.data)
+        encoders = load_encoders(args.encoders)
+        cache = build_cache(encoders, args.data, "train")
+        report = compute_prior(
+            cache, latent_scale(cache.latents), num_faces=args.num_faces, seed=args.seed
+        )
+        out = encoders.path.parent / "prior"
+        save_prior(report, out)
+        print(f"face prior of {report.num_faces} training faces (latent scale {report.scale:.4f})")
+        print(report.table())
+        print(f"saved to {out}/: prior.safetensors, prior_convergence.csv, prior_convergence.png")
+        return 0
+    if args.command == "train":
+        from scldm.config import DiffusionStageConfig, load_config
+        from scldm.training.diffusion import train
+
+        _require_dataset(args.data)
+        overrides = [*args.overrides, f"data.root={args.data}", f"train.output_dir={args.out}"]
+        cfg = load_config(DiffusionStageConfig, args.config, overrides, stage="train")
+        pipeline = train(cfg, args.encoders, resume=args.resume, cpu=args.cpu)
+        print(
+            f"stage 2 done: pipeline in {pipeline}; try `scldm generate VOICE.wav --model "
+            f"{pipeline} -o out/`"
+        )
+        return 0
+    if args.command == "generate":
+        return _generate(args)
     raise AssertionError(args.command)
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from scldm.diffusion.pipeline import SpeechToFacePipeline, make_scheduler
+    from scldm.faces import make_grid, save_image
+
+    if not (args.model / "model_index.json").is_file():
+        raise InputError(args.model, "is not a pipeline folder (no model_index.json)")
+    if args.num_images < 1 or args.steps < 1:
+        raise InputError(None, "--num-images and --steps must be at least 1")
+    for path in args.audio:
+        if not path.is_file():
+            raise InputError(path, "no such file")
+    pipe = SpeechToFacePipeline.from_pretrained(args.model)
+    if args.scheduler:
+        pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
+    stems = [p.stem for p in args.audio]
+    if len(set(stems)) < len(stems):  # a/0.wav and b/0.wav: keep the folder in the name
+        stems = [f"{p.parent.name}_{p.stem}" for p in args.audio]
+    rows, written = [], []
+    for path, stem in zip(
+        args.audio, stems, strict=True
+    ):  # one voice at a time: a bad file names itself before any output
+        images = pipe(
+            str(path),
+            num_images_per_prompt=args.num_images,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            generator=torch.Generator().manual_seed(args.seed),
+            lam=args.lam,
+        ).images
+        rows.append(images)
+        for k, image in enumerate(images):
+            written.append(save_image(image, args.out / f"{stem}_{k}.png"))
+    for p in written:
+        print(p)
+    if len(written) > 1:
+        grid = make_grid(
+            [im for row in rows for im in row],
+            ncols=args.num_images,
+            captions=[
+                stem if k == 0 else ""
+                for stem, row in zip(stems, rows, strict=True)
+                for k in range(len(row))
+            ],
+        )
+        print(save_image(grid, args.out / "grid.png"))
+    return 0
+
+
+def _require_dataset(path: Path) -> None:
+    if not (path / "manifest.jsonl").is_file():
+        raise InputError(path, "is not a prepared dataset (no manifest.jsonl)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -104,6 +104,39 @@ class EncoderStageConfig:
     lpips_weights: str | None = None
 
 
+@dataclass(frozen=True)
+class DiffusionStageConfig:
+    """Stage 2: the speech-conditioned latent diffusion model with the face prior (DESIGN §2).
+
+    `unet` holds `UNet2DConditionModel` kwargs (`preset: NAME` picks an architecture preset);
+    `scheduler` the training noise schedule (diffusers `DDPMScheduler` kwargs; LDM's by
+    default). μ = λ·P shifts the diffusion: `lambda_train` in training, `lambda_infer` saved
+    with the pipeline as its default; λ = 0 is the plain LDM.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    unet: Mapping[str, Any] = field(default_factory=lambda: {"preset": "small"})
+    scheduler: Mapping[str, Any] = field(
+        default_factory=lambda: {
+            "num_train_timesteps": 1000,
+            "beta_schedule": "scaled_linear",
+            "beta_start": 0.00085,
+            "beta_end": 0.012,
+        }
+    )
+    lambda_train: float = 0.01  # paper: 0.01
+    lambda_infer: float = 0.01
+    cond_drop: float = 0.1  # condition dropout for classifier-free guidance
+    prior_faces: int = 10_000  # paper: 10,000 gender-balanced training faces
+    sampler: str = "dpm++"  # ddpm | ddim | dpm++ | unipc, for validation and the pipeline
+    num_inference_steps: int = 25
+    guidance_scale: float = 2.0
+    images_per_voice: int = 4  # generated faces per validation voice in the grids
+
+
 # --- Loading ---------------------------------------------------------------------------------
 
 
@@ -308,6 +341,7 @@ __all__ = [
     "TrainConfig",
     "EvalConfig",
     "EncoderStageConfig",
+    "DiffusionStageConfig",
     "load_config",
     "save_config",
     "config_to_dict",

@@ -57,6 +57,9 @@ def setup_run(accelerator: Accelerator, cfg: Any, run_dir: Path, project: str) -
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
+        for old in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
+            log.removeHandler(old)  # an earlier run in this process
+            old.close()
         handler = logging.FileHandler(run_dir / "log.txt")
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         log.addHandler(handler)
@@ -75,6 +78,32 @@ def log_scalars(
     if accelerator.is_main_process:
         with open(run_dir / SCALARS, "a", encoding="utf-8") as f:
             f.write(json.dumps({"step": step, **{k: float(v) for k, v in metrics.items()}}) + "\n")
+
+
+def report_window(
+    accelerator: Accelerator,
+    run_dir: Path,
+    sums: Mapping[str, float],
+    count: int,
+    *,
+    step: int,
+    lr: float,
+    batch_size: int,
+    seconds: float,
+    bar: Any,
+) -> None:
+    """Log the means of the scalars summed over the last `count` micro-batches (averaged over
+    processes; "loss/x" becomes "train/x"), the LR and samples/s: trackers, scalars.jsonl,
+    the progress bar and log.txt."""
+    means = {}
+    for key, total in sums.items():
+        value = torch.tensor(total / count, device=accelerator.device)
+        means[f"train/{key.removeprefix('loss/')}"] = accelerator.reduce(value, "mean").item()
+    means["train/lr"] = lr
+    means["train/samples_per_sec"] = count * batch_size * accelerator.num_processes / seconds
+    log_scalars(accelerator, run_dir, means, step)
+    bar.set_postfix(loss=f"{means['train/loss']:.4g}", sps=f"{means['train/samples_per_sec']:.1f}")
+    log.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in means.items()))
 
 
 def plot_scalars(run_dir: Path, keys: list[str], path: Path) -> None:

@@ -40,6 +40,7 @@ from scldm.training.common import (
     make_accelerator,
     param_groups,
     plot_scalars,
+    report_window,
     resolve_resume,
     save_checkpoint,
     set_lr,
@@ -50,6 +51,7 @@ from scldm.training.common import (
 
 log = logging.getLogger("scldm.train")
 LOGIT_SCALE_MAX = 4.6052  # ln 100, CLIP's clamp
+GRID_FACES = 16  # reconstructions kept for the validation grid, one per speaker
 CURVES = ["train/loss", "train/contrastive", "train/mae", "val/R@1", "val/R@10", "val/psnr"]
 
 
@@ -111,7 +113,7 @@ def embed_split(
     """Speech and face embeddings, speakers and reconstructions of up to `max_clips` clips."""
     model.eval()
     subset = Subset(dataset, range(min(len(dataset), max_clips)))
-    out = defaultdict(list)
+    out, shown = defaultdict(list), set()
     for batch in DataLoader(subset, batch_size=batch_size, collate_fn=collate):
         face = batch["face"].to(device)
         outputs = model(frontend(batch["waveform"].to(device)), face)
@@ -120,9 +122,11 @@ def embed_split(
         out["mae"].append((outputs["reconstruction"] - face).abs().flatten(1).mean(1).cpu())
         out["psnr"].append(torch.tensor([psnr(outputs["reconstruction"], face)] * len(face)))
         out["speaker"].append(batch["speaker"])
-        if len(out["faces"]) == 0:
-            out["faces"].append(face[:16].cpu())
-            out["recons"].append(outputs["reconstruction"][:16].float().cpu())
+        for j, spk in enumerate(batch["speaker"].tolist()):  # one face per speaker, for grids
+            if spk not in shown and len(shown) < GRID_FACES:
+                shown.add(spk)
+                out["faces"].append(face[j : j + 1].cpu())
+                out["recons"].append(outputs["reconstruction"][j : j + 1].float().cpu())
     model.train()
     return {k: torch.cat(v) for k, v in out.items()}
 
@@ -285,27 +289,17 @@ def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = Fal
             unwrapped.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
         ema.update(unwrapped)
         if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
-            means = {
-                f"train/{k.removeprefix('loss/')}" if k.startswith("loss/") else f"train/{k}": v
-                / count
-                for k, v in sums.items()
-            }
-            means = {
-                k: accelerator.reduce(torch.tensor(v, device=device), "mean").item()
-                for k, v in means.items()
-            }
-            means["train/lr"] = optimizer.param_groups[0]["lr"]
-            means["train/samples_per_sec"] = (
-                count
-                * cfg.train.batch_size
-                * accelerator.num_processes
-                / (time.perf_counter() - tick)
+            report_window(
+                accelerator,
+                run_dir,
+                sums,
+                count,
+                step=state.step,
+                lr=optimizer.param_groups[0]["lr"],
+                batch_size=cfg.train.batch_size,
+                seconds=time.perf_counter() - tick,
+                bar=bar,
             )
-            log_scalars(accelerator, run_dir, means, state.step)
-            bar.set_postfix(
-                loss=f"{means['train/loss']:.3f}", sps=f"{means['train/samples_per_sec']:.1f}"
-            )
-            log.info("step %d %s", state.step, " ".join(f"{k}={v:.4g}" for k, v in means.items()))
             sums, count, tick = defaultdict(float), 0, time.perf_counter()
         bar.update()
         if (

@@ -1,0 +1,297 @@
+"""Stage 2 (paper eq. 2, 4–6): the speech-conditioned latent diffusion model with the face
+prior, trained on cached latents of the frozen stage-1 encoders. One `train(cfg, encoders)`,
+the same loop conventions as stage 1 (STYLE.md §4.7)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from accelerate.utils import set_seed
+from diffusers import DDPMScheduler
+from torch.utils.data import BatchSampler, DataLoader, Sampler, TensorDataset
+from tqdm.auto import tqdm
+
+from scldm.config import DiffusionStageConfig
+from scldm.diffusion.objective import diffusion_loss, sample_latents
+from scldm.diffusion.pipeline import FacePrior, SpeechToFacePipeline, make_scheduler
+from scldm.diffusion.unet import build_unet
+from scldm.errors import InputError
+from scldm.faces import load_face_tensor, make_grid, save_image
+from scldm.training.common import (
+    EMA,
+    TrainState,
+    batch_stream,
+    check_ranks_agree,
+    load_checkpoint,
+    lr_at,
+    make_accelerator,
+    plot_scalars,
+    report_window,
+    resolve_resume,
+    save_checkpoint,
+    set_lr,
+    setup_run,
+    write_meta,
+)
+from scldm.training.latents import (
+    Encoders,
+    LatentCache,
+    build_cache,
+    compute_prior,
+    latent_scale,
+    load_encoders,
+    load_prior,
+    save_prior,
+)
+
+log = logging.getLogger("scldm.train")
+CURVES = ["train/loss", "train/grad_norm", "train/lr"]
+
+
+class EpochSampler(Sampler[int]):
+    """A seeded permutation of range(n) per epoch (`set_epoch`), so resuming is exact."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def prior_for(encoders: Encoders, cache: LatentCache, num_faces: int) -> tuple[torch.Tensor, float]:
+    """The face prior and latent scale of these encoders: read from `<stage-1 run>/prior/` when
+    `scldm prior` made one, otherwise computed from the training cache and saved there."""
+    folder = encoders.path.parent / "prior"
+    if (folder / "prior.safetensors").is_file():
+        return load_prior(folder)
+    report = compute_prior(cache, latent_scale(cache.latents), num_faces=num_faces)
+    save_prior(report, folder)
+    log.info("face prior of %d faces saved in %s\n%s", report.num_faces, folder, report.table())
+    return report.prior, report.scale
+
+
+# --- Validation ------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def sample_grid(
+    unet,
+    scheduler,
+    encoders: Encoders,
+    cache: LatentCache,
+    cfg: DiffusionStageConfig,
+    prior: torch.Tensor,
+    scale: float,
+    path: Path,
+) -> None:
+    """Rows of true face | generated faces for the first `eval.grid_size` voices (one clip per
+    speaker) with fixed seeds, so grids of successive steps compare directly."""
+    picks, seen = [], set()
+    for i, spk in enumerate(cache.tensors["speaker"].tolist()):
+        if spk not in seen:
+            seen.add(spk)
+            picks.append(i)
+        if len(picks) == cfg.eval.grid_size:
+            break
+    k = cfg.images_per_voice
+    tokens = cache.tokens[picks].repeat_interleave(k, dim=0)
+    device = next(unet.parameters()).device
+    latents = sample_latents(
+        unet,
+        scheduler,
+        tokens.to(device),
+        prior=prior.to(device),
+        lam=cfg.lambda_infer,
+        num_inference_steps=cfg.num_inference_steps,
+        guidance_scale=cfg.guidance_scale,
+        generator=torch.Generator(device).manual_seed(0),
+        latent_shape=tuple(prior.shape),
+    )
+    faces = encoders.face_decoder.to(device)(latents / scale).float().cpu()
+    images, captions = [], []
+    root = Path(cfg.data.root)
+    for j, i in enumerate(picks):
+        row = cache.rows[int(cache.tensors["row"][i])]
+        images.append(load_face_tensor(root / row["face"], encoders.image_size))
+        captions.append(f"{row.get('gender') or '?'} {row.get('age') or ''}".strip())
+        images += list(faces[j * k : (j + 1) * k])
+        captions += [""] * k
+    save_image(make_grid(images, ncols=k + 1, captions=captions), path)
+
+
+# --- Training --------------------------------------------------------------------------------
+
+
+def train(
+    cfg: DiffusionStageConfig,
+    encoders_run: str | Path,
+    *,
+    resume: str | None = None,
+    cpu: bool = False,
+) -> Path:
+    """Run stage 2 and return the exported pipeline folder (RUN/pipeline)."""
+    run_dir = Path(cfg.train.output_dir)
+    accelerator = make_accelerator(cfg.train, run_dir, cpu=cpu)
+    set_seed(cfg.train.seed)
+    setup_run(accelerator, cfg, run_dir, "scldm-train")
+    device = accelerator.device
+    encoders = load_encoders(encoders_run)
+    if encoders.image_size != cfg.data.image_size:
+        log.info("faces are read at the encoders' %d px", encoders.image_size)
+    with accelerator.main_process_first():  # rank 0 builds the caches, the others read them
+        cache = build_cache(encoders, cfg.data.root, "train", num_workers=cfg.data.num_workers)
+        try:
+            val_cache = build_cache(encoders, cfg.data.root, cfg.eval.split)
+        except InputError:
+            val_cache = None
+        prior, scale = prior_for(encoders, cache, cfg.prior_faces)
+    latents = cache.latents.float() * scale
+    log.info(
+        "stage 2: %d cached clips, latents %s (scale %.4f), tokens %s, λ_train %g",
+        len(cache),
+        tuple(latents.shape[1:]),
+        scale,
+        tuple(cache.tokens.shape[1:]),
+        cfg.lambda_train,
+    )
+    dataset = TensorDataset(latents, cache.tokens.float())
+    if len(dataset) < cfg.train.batch_size:
+        raise InputError(None, f"{len(dataset)} clips < train.batch_size {cfg.train.batch_size}")
+    sampler = EpochSampler(len(dataset), cfg.train.seed)
+    loader = DataLoader(
+        dataset, batch_sampler=BatchSampler(sampler, cfg.train.batch_size, drop_last=True)
+    )
+    unet = build_unet(cfg.unet)
+    noise_scheduler = DDPMScheduler(**cfg.scheduler)
+    optimizer = torch.optim.AdamW(
+        unet.parameters(),
+        lr=cfg.optim.lr,
+        betas=cfg.optim.betas,
+        weight_decay=cfg.optim.weight_decay,
+    )
+    for group in optimizer.param_groups:
+        group["base_lr"] = cfg.optim.lr
+    unet, optimizer, loader = accelerator.prepare(unet, optimizer, loader)
+    prior = prior.to(device)
+    set_seed(cfg.train.seed, device_specific=True)
+    unwrapped = accelerator.unwrap_model(unet)
+    ema, state = EMA(unwrapped, cfg.train.ema_decay), TrainState()
+    checkpoint = resolve_resume(run_dir, resume)
+    if checkpoint is not None:
+        load_checkpoint(
+            accelerator, checkpoint, model=unwrapped, optimizer=optimizer, ema=ema, state=state
+        )
+        log.info("resumed from %s at step %d", checkpoint, state.step)
+    sampler_name = cfg.sampler
+    bar = tqdm(
+        total=cfg.train.max_steps,
+        initial=state.step,
+        desc="train",
+        dynamic_ncols=True,
+        disable=not accelerator.is_local_main_process,
+    )
+    global_batch = cfg.train.batch_size * cfg.train.grad_accum_steps * accelerator.num_processes
+    sums: dict[str, float] = defaultdict(float)
+    count, tick = 0, time.perf_counter()
+    for z0, tokens in batch_stream(loader, sampler, state.step, accelerator):
+        if state.step >= cfg.train.max_steps:
+            break
+        with accelerator.accumulate(unet):
+            loss, logs = diffusion_loss(
+                unet,
+                noise_scheduler,
+                z0,
+                tokens,
+                prior=prior,
+                lam=cfg.lambda_train,
+                cond_drop=cfg.cond_drop,
+            )
+            accelerator.backward(loss)
+            if accelerator.sync_gradients:
+                logs["grad_norm"] = accelerator.clip_grad_norm_(
+                    unet.parameters(), cfg.optim.grad_clip
+                )
+            set_lr(optimizer, lr_at(state.step, cfg.optim, cfg.train.max_steps))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        sums["loss"] += loss.item()
+        if "grad_norm" in logs:
+            sums["grad_norm"] += float(logs["grad_norm"])
+        count += 1
+        if not accelerator.sync_gradients:
+            continue
+        state.step += 1
+        state.samples += global_batch
+        ema.update(unwrapped)
+        if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
+            report_window(
+                accelerator,
+                run_dir,
+                sums,
+                count,
+                step=state.step,
+                lr=optimizer.param_groups[0]["lr"],
+                batch_size=cfg.train.batch_size,
+                seconds=time.perf_counter() - tick,
+                bar=bar,
+            )
+            sums, count, tick = defaultdict(float), 0, time.perf_counter()
+        bar.update()
+        if (
+            val_cache is not None
+            and state.step % cfg.train.eval_every == 0
+            and accelerator.is_main_process
+        ):
+            ema_unet = copy.deepcopy(unwrapped)
+            ema.copy_to(ema_unet)
+            scheduler = make_scheduler(sampler_name, noise_scheduler.config)
+            path = run_dir / "samples" / f"step_{state.step:07d}.png"
+            sample_grid(ema_unet.eval(), scheduler, encoders, val_cache, cfg, prior, scale, path)
+            del ema_unet
+        if state.step % cfg.train.save_every == 0 or state.step == cfg.train.max_steps:
+            save_checkpoint(
+                accelerator,
+                run_dir,
+                model=unwrapped,
+                optimizer=optimizer,
+                ema=ema,
+                state=state,
+                keep_last=cfg.train.keep_last,
+            )
+    bar.close()
+    check_ranks_agree(accelerator, unwrapped)
+    out = run_dir / "pipeline"
+    if accelerator.is_main_process:
+        final = copy.deepcopy(unwrapped).cpu()
+        ema.copy_to(final)
+        decoder = copy.deepcopy(encoders.face_decoder)
+        decoder.register_to_config(scaling_factor=scale)
+        pipe = SpeechToFacePipeline(
+            frontend=encoders.frontend,
+            speech_encoder=encoders.speech_encoder,
+            unet=final.eval(),
+            scheduler=make_scheduler(sampler_name, noise_scheduler.config),
+            face_decoder=decoder,
+            prior=FacePrior(prior=prior.cpu(), lambda_infer=cfg.lambda_infer),
+        )
+        pipe.save_pretrained(out)
+        for part in ("unet", "prior"):
+            write_meta(out / part, run_dir, state.step, encoders=str(encoders.path))
+        plot_scalars(run_dir, CURVES, run_dir / "curves.png")
+        log.info("exported %s", out)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return out

@@ -1,0 +1,92 @@
+"""Stage-2 inputs: the latent cache (reused, invalidated by hash), the latent scale and the
+face prior with its convergence table, and `scldm prior`."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+import torch
+
+from scldm.cli import main
+from scldm.data.manifest import read_manifest, write_manifest
+from scldm.errors import InputError
+from scldm.training.latents import (
+    balanced_faces,
+    build_cache,
+    compute_prior,
+    latent_scale,
+    load_encoders,
+    load_prior,
+)
+
+
+@pytest.fixture
+def stage1(tiny_stage1):
+    return tiny_stage1
+
+
+def test_cache_is_built_once_and_rebuilt_when_the_manifest_changes(stage1, tmp_path):
+    data, run = stage1
+    encoders = load_encoders(run)
+    cache = build_cache(encoders, data, "train", batch_size=7)
+    n_train = len(read_manifest(data, split="train"))
+    assert len(cache) == n_train and cache.latents.shape[1:] == (4, 4, 4)
+    assert cache.tokens.shape[0] == n_train and cache.tokens.dim() == 3
+    # the cached rows are what the encoders compute now
+    with torch.no_grad():
+        from scldm.faces import load_face_tensor
+
+        row = cache.rows[int(cache.tensors["row"][3])]
+        face = load_face_tensor(data / row["face"], 32)[None]
+        torch.testing.assert_close(encoders.face_encoder.encode(face)[0], cache.latents[3])
+    stamp = (cache.path / "done.json").stat().st_mtime_ns
+    again = build_cache(encoders, data, "train")
+    assert again.path == cache.path and (cache.path / "done.json").stat().st_mtime_ns == stamp
+    assert torch.equal(again.latents, cache.latents)
+    # a different manifest is a different cache
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for sub in ("audio", "faces"):
+        (copy / sub).symlink_to(data / sub)
+    rows = read_manifest(data)
+    write_manifest(rows[2:], copy)
+    other = build_cache(encoders, copy, "train")
+    assert other.path != cache.path and len(other) < len(cache)
+
+
+def test_prior_is_the_mean_of_balanced_scaled_latents(stage1):
+    data, run = stage1
+    cache = build_cache(load_encoders(run), data, "train")
+    scale = latent_scale(cache.latents)
+    assert (cache.latents * scale).std().item() == pytest.approx(1.0, rel=1e-4)
+    order = balanced_faces(cache, None)
+    genders = [cache.rows[int(cache.tensors["row"][i])]["gender"] for i in order]
+    faces = [cache.rows[int(cache.tensors["row"][i])]["face"] for i in order]
+    assert len(set(faces)) == len(faces)  # each face image once
+    fewest = min(Counter(genders).values())
+    for n in (2, 10, 2 * fewest):
+        assert Counter(genders[:n])["f"] == n // 2  # even prefixes are balanced while both last
+    report = compute_prior(cache, scale, num_faces=10)
+    torch.testing.assert_close(report.prior, cache.latents[order[:10]].mean(0) * scale)
+    assert report.num_faces == 10
+    last = report.convergence[-1]
+    assert last["n"] == 10 and last["rms"] < 1e-6 and last["cosine"] == pytest.approx(1.0)
+
+
+def test_prior_command(stage1, capsys):
+    data, run = stage1
+    assert main(["prior", "--encoders", str(run), "--data", str(data), "--num-faces", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "face prior of 20 training faces" in out and "| 10 |" in out
+    prior, scale = load_prior(run / "prior")
+    assert prior.shape == (4, 4, 4) and scale > 0
+    assert (run / "prior" / "prior_convergence.png").is_file()
+    rows = (run / "prior" / "prior_convergence.csv").read_text().splitlines()
+    assert rows[0] == "n,rms,cosine" and rows[-1].startswith("20,")
+    assert main(["prior", "--encoders", str(data), "--data", str(data)]) == 2
+    assert "not a stage-1 run" in capsys.readouterr().err
+    with pytest.raises(InputError, match="no such prior"):
+        load_prior(data)
+    json.loads((next((run / "cache").glob("train-*")) / "done.json").read_text())
