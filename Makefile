@@ -33,18 +33,25 @@ lint: install
 	$(VENV)/bin/ruff format --check src tests benchmarks
 	$(VENV)/bin/lint-imports
 
-# The main job end to end on SynthVox: data, its oracle, stage 1. Stage 2 and generation join
-# this target with issue 5. Steps are cut to fit a laptop; the full settings are the presets'.
+# The main job end to end on SynthVox: data, its oracle, stage 1, the face prior, stage 2 and
+# faces for held-out voices. Steps are cut to fit a laptop; the full settings are the presets'.
 DEMO ?= runs/demo
 demo: install
 	$(VENV)/bin/scldm prepare synthvox --out $(DEMO)/data --speakers 600 --image-size 64 --workers 2
 	$(VENV)/bin/scldm synthvox-oracle --data $(DEMO)/data --out $(DEMO)/oracle --steps 800
 	$(VENV)/bin/scldm pretrain --data $(DEMO)/data --out $(DEMO)/encoders --config small \
 	  --set train.max_steps=400 --set train.eval_every=200 --set train.save_every=200 --resume latest
+	$(VENV)/bin/scldm prior --encoders $(DEMO)/encoders --data $(DEMO)/data
+	$(VENV)/bin/scldm train --encoders $(DEMO)/encoders --data $(DEMO)/data --out $(DEMO)/ldm \
+	  --config small --set train.max_steps=600 --set train.eval_every=300 --resume latest
+	$(VENV)/bin/scldm generate $$($(PY) -c "from scldm.data.manifest import read_manifest as r; \
+	  print(*sorted({x['audio'] for x in r('$(DEMO)/data', split='test') if x['audio'].endswith('/0.wav')})[:4])" \
+	  | sed 's|[^ ]*|$(DEMO)/data/&|g') \
+	  --model $(DEMO)/ldm/pipeline -o $(DEMO)/faces --num-images 4
 	@echo
-	@echo "demo: data in $(DEMO)/data, oracle in $(DEMO)/oracle, stage-1 run in $(DEMO)/encoders"
-	@echo "demo: look at $(DEMO)/encoders/samples/*.png and $(DEMO)/encoders/metrics.json"
-	@echo "demo: not yet implemented: stage 2 diffusion and generation (issue 5)"
+	@echo "demo: data $(DEMO)/data, oracle $(DEMO)/oracle, stage 1 $(DEMO)/encoders, stage 2 $(DEMO)/ldm"
+	@echo "demo: look at $(DEMO)/faces/grid.png, $(DEMO)/ldm/samples/*.png, $(DEMO)/encoders/metrics.json"
+	@echo "demo: the report with oracle metrics (runs/demo/report.md) comes with issue 5"
 
 bench: install
 	$(PY) benchmarks/frontend.py

@@ -35,7 +35,10 @@ def _pretrain(data: Path, out: Path, *extra: str) -> int:
 
 def _cli(*args: str, nproc: int = 1) -> subprocess.CompletedProcess:
     """`scldm ...` in a fresh process (under `accelerate launch` when nproc > 1)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # the same thread count as this process when alone (float sums must match bitwise for the
+    # resume test), one thread each when two processes share the cores
+    threads = torch.get_num_threads() if nproc == 1 else 1
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     if nproc == 1:
         cmd = [sys.executable, "-m", "scldm", *args]
     else:

@@ -212,8 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument(
         "--guidance",
         type=float,
-        default=1.0,
-        help="classifier-free guidance scale; 1 = none, one UNet pass per step (default: 1)",
+        default=3.0,
+        help="classifier-free guidance scale; 1 = none, one UNet pass per step (default: 3; on "
+        "SynthVox it raised the oracle's gender agreement from 67 %% to 89 %%: docs/results.md)",
     )
     gen.add_argument(
         "--scheduler",
