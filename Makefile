@@ -51,7 +51,7 @@ demo: install
 	@echo
 	@echo "demo: data $(DEMO)/data, oracle $(DEMO)/oracle, stage 1 $(DEMO)/encoders, stage 2 $(DEMO)/ldm"
 	@echo "demo: look at $(DEMO)/faces/grid.png, $(DEMO)/ldm/samples/*.png, $(DEMO)/encoders/metrics.json"
-	@echo "demo: the report with oracle metrics (runs/demo/report.md) comes with issue 5"
+	@echo "demo: faces are still blurry at these step counts; $(DEMO)/report.md with oracle metrics comes with issue 5"
 
 bench: install
 	$(PY) benchmarks/frontend.py
