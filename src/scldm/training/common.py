@@ -3,7 +3,6 @@ checkpoints (save, prune, resume), the epoch-aware batch stream and artifact exp
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import logging
@@ -34,10 +33,14 @@ SCALARS = "scalars.jsonl"
 def make_accelerator(train: TrainConfig, run_dir: Path, *, cpu: bool = False) -> Accelerator:
     """The run's Accelerator: precision, accumulation, trackers, run folder; backend flags."""
     mixed = train.mixed_precision if torch.cuda.is_available() else "no"
+    tracker = train.log_with
+    if tracker == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+        log.warning("tensorboard is not installed: scalars go to RUN/%s only", SCALARS)
+        tracker = None
     accelerator = Accelerator(
         mixed_precision=mixed,
         gradient_accumulation_steps=train.grad_accum_steps,
-        log_with=train.log_with,
+        log_with=tracker,
         project_config=ProjectConfiguration(
             project_dir=str(run_dir), logging_dir=str(run_dir / "logs")
         ),
@@ -51,9 +54,6 @@ def make_accelerator(train: TrainConfig, run_dir: Path, *, cpu: bool = False) ->
 
 def setup_run(accelerator: Accelerator, cfg: Any, run_dir: Path, project: str) -> None:
     """Write the resolved config, start trackers and a text log (main process only)."""
-    if cfg.train.log_with == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
-        log.warning("tensorboard is not installed: scalars go to RUN/%s only", SCALARS)
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, log_with=None))
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
@@ -64,7 +64,7 @@ def setup_run(accelerator: Accelerator, cfg: Any, run_dir: Path, project: str) -
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
         log.addHandler(handler)
     log.setLevel(logging.INFO if accelerator.is_main_process else logging.ERROR)
-    if cfg.train.log_with:
+    if accelerator.log_with:  # the trackers make_accelerator could start
         flat = {k: str(v) for k, v in _flatten(config_to_dict(cfg)).items()}
         accelerator.init_trackers(project, config=flat)
 
@@ -382,9 +382,7 @@ def write_meta(folder: Path, run_dir: Path, step: int, **extra: Any) -> None:
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         **extra,
     }
-    tmp = folder / ".scldm_meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, folder / "scldm_meta.json")
+    write_json(folder / "scldm_meta.json", meta)
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:

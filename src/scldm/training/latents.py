@@ -265,8 +265,10 @@ def save_prior(report: PriorReport, out: Path) -> None:
     ax.set_title(f"face prior convergence ({report.num_faces} faces)", fontsize=9)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
-    fig.savefig(out / "prior_convergence.png", dpi=80)
+    tmp = out / ".prior_convergence.tmp.png"
+    fig.savefig(tmp, dpi=80)
     plt.close(fig)
+    os.replace(tmp, out / "prior_convergence.png")
 
 
 def load_prior(path: str | Path) -> tuple[torch.Tensor, float]:
