@@ -1,0 +1,272 @@
+"""The evaluation protocol: hand-checked scoring functions, and `evaluate` end to end with a
+perfect model, a voice-blind model and stand-in feature/attribute networks whose answers are
+known."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from scldm.data.manifest import read_manifest
+from scldm.errors import InputError
+from scldm.evaluation.demo_report import demo_report
+from scldm.evaluation.evaluate import EvalSettings, evaluate, plan_clips
+from scldm.evaluation.metrics import pooled_recall
+from scldm.evaluation.scoring import (
+    age_errors,
+    bootstrap_ci,
+    feature_distances,
+    gender_hits,
+    pooled_hits,
+    speaker_means,
+    summarise,
+)
+from scldm.faces import load_face_tensor
+
+# --- scoring functions --------------------------------------------------------------------
+
+
+def test_feature_distances_hand_checked():
+    a = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
+    b = torch.tensor([[0.0, 0.0 + 4.0], [0.0, 2.0]])
+    d = feature_distances(a, b, normalise=False)
+    assert d["l1"].tolist() == pytest.approx([3.0, 3.0])
+    assert d["l2"].tolist() == pytest.approx([3.0, math.sqrt(5)])
+    # cos(a0, b0) = 16 / 20 = 0.8 → 20; a1 ⟂ b1 → 100
+    assert d["cos"].tolist() == pytest.approx([20.0, 100.0])
+    n = feature_distances(a, b, normalise=True)
+    assert n["l2"].tolist() == pytest.approx([math.sqrt(2 * 0.2), math.sqrt(2)])
+    assert n["cos"].tolist() == pytest.approx(d["cos"].tolist())  # scale-free
+    same = feature_distances(a, 7 * a, normalise=True)
+    assert same["l1"].abs().max() < 1e-9 and same["cos"].abs().max() < 1e-9
+
+
+def test_attribute_scores_leave_unknowns_out():
+    assert np.array_equal(
+        gender_hits(["f", "m", None, "f"], ["f", "f", "m", None]),
+        np.array([1.0, 0.0, np.nan, np.nan]),
+        equal_nan=True,
+    )
+    assert np.array_equal(
+        age_errors([30, None, 50.5], [40, 20, 50]), np.array([10, np.nan, 0.5]), equal_nan=True
+    )
+
+
+def test_speaker_means_count_each_speaker_once():
+    vals, ids = speaker_means(np.array([1.0, 1.0, 1.0, 0.0, np.nan]), ["a", "a", "a", "b", "c"])
+    assert ids == ["a", "b"] and vals.tolist() == [1.0, 0.0]
+    s = summarise(np.array([1.0, 1.0, 1.0, 0.0, np.nan]), ["a", "a", "a", "b", "c"])
+    assert s["value"] == 0.5 and s["speakers"] == 2 and s["items"] == 4 and s["missing"] == 1
+
+
+def test_bootstrap_interval_brackets_the_mean_and_shrinks_with_more_speakers():
+    rng = np.random.default_rng(0)
+    small = rng.normal(size=20)
+    big = rng.normal(size=2000)
+    m, lo, hi = bootstrap_ci(small)
+    assert lo < m < hi
+    mb, lob, hib = bootstrap_ci(big)
+    assert hib - lob < (hi - lo) / 5  # ~1/sqrt(100) = 1/10 of the width
+    assert lob < 0 < hib  # the true mean, 0
+    c = np.full(10, 3.0)
+    assert bootstrap_ci(c) == (3.0, 3.0, 3.0)
+    assert all(math.isnan(v) for v in bootstrap_ci(np.array([])))
+
+
+def test_pooled_hits_average_to_pooled_recall():
+    g = torch.Generator().manual_seed(0)
+    keys = torch.randn(150, 8, generator=g)
+    query = keys + 0.8 * torch.randn(150, 8, generator=g)
+    hits = pooled_hits(query, keys, pool_size=100, num_pools=20, seed=3)
+    ref = pooled_recall(query, keys, pool_size=100, num_pools=20, seed=3)
+    # a speaker's hit rate is averaged over the pools it was in; weighting differs slightly
+    assert np.nanmean(hits[1]) == pytest.approx(ref["R@1"], abs=0.03)
+    assert np.nanmean(hits[10]) == pytest.approx(ref["R@10"], abs=0.03)
+    perfect = pooled_hits(keys, keys, pool_size=100)
+    assert np.nanmin(perfect[1]) == 1.0
+
+
+# --- evaluate end to end ------------------------------------------------------------------
+
+
+class PixelFeatures:
+    """Stand-in feature network: the face downsampled to 4 × 4 (48-d)."""
+
+    name = "pixels"
+    convention = {"network": "4x4 average pool of the image (test stand-in)"}
+
+    def __call__(self, faces):
+        f = torch.nn.functional.adaptive_avg_pool2d(faces, 4).flatten(1)
+        return f, torch.ones(len(faces), dtype=torch.bool)
+
+
+class LookupAttributes:
+    """Stand-in estimator that knows every true face of the data set by its pixels: it
+    answers that face's labels, and None for any other image (a face it cannot find)."""
+
+    name = "lookup"
+    convention = {"estimator": "exact pixel lookup (test stand-in)"}
+
+    def __init__(self, data: Path, size: int):
+        self.table = {}
+        for r in read_manifest(data):
+            for f in [r["face"], *r.get("faces", [])]:
+                key = self._key(load_face_tensor(data / f, size))
+                self.table[key] = {k: r[k] for k in ("gender", "age", "background")}
+
+    @staticmethod
+    def _key(face):
+        return hashlib.sha1(((face + 1) * 127.5).round().byte().numpy().tobytes()).hexdigest()
+
+    def __call__(self, faces):
+        found = [self.table.get(self._key(f)) for f in faces]
+        return {
+            k: [None if x is None else x[k] for x in found] for k in ("gender", "age", "background")
+        }
+
+
+class CopyTrueFace:
+    """A perfect model: the clip's own true face."""
+
+    name = "copy"
+    settings = {"kind": "true face"}
+
+    def __init__(self, data: Path, size: int):
+        self.size = self.image_size = size
+        self.face = {data / r["audio"]: data / r["face"] for r in read_manifest(data)}
+
+    def __call__(self, audio, generators):
+        return torch.stack([load_face_tensor(self.face[a], self.size) for a in audio])
+
+
+class GreyFace(CopyTrueFace):
+    """A voice-blind model: the same grey image for every voice."""
+
+    name = "grey"
+    settings = {"kind": "grey"}
+
+    def __call__(self, audio, generators):
+        noise = [0.01 * torch.randn(3, self.size, self.size, generator=g) for g in generators]
+        return torch.stack(noise)
+
+
+def _run(data, out, generator, *, name="lookup", **kw):
+    size = generator.image_size
+    settings = EvalSettings(split="train", bootstrap=200, **kw)
+    return evaluate(
+        generator,
+        data,
+        out,
+        features={"pixels": PixelFeatures()},
+        attributes={name: LookupAttributes(data, size)},
+        settings=settings,
+        progress=False,
+    )
+
+
+def test_perfect_model_scores_zero_distance_and_full_agreement(tiny_stage1, tmp_path):
+    data, _ = tiny_stage1
+    res = _run(data, tmp_path / "ev", CopyTrueFace(data, 32))
+    f = res["features"]["pixels"]
+    assert f["model"]["cos/l2norm/clip"]["value"] == pytest.approx(0, abs=1e-9)
+    assert f["model"]["R@1"]["value"] == 1.0
+    # the floor (another image of the speaker) is further than the copy, chance further still
+    assert f["floor"]["cos/l2norm/clip"]["value"] > 0.1
+    assert f["chance"]["cos/l2norm/clip"]["value"] > f["floor"]["cos/l2norm/clip"]["value"]
+    assert res["counts"]["speakers"] == 24 and res["counts"]["floor_clips"] == 48
+    a = res["attributes"]["lookup"]
+    assert a["model"]["gender_acc"]["value"] == 1.0
+    assert a["model"]["age_mae"]["value"] == 0.0
+    assert a["floor"]["gender_acc"]["value"] == 1.0
+    assert a["floor"]["background_acc"]["value"] == 1.0  # extras are scored too
+    # chance pairs different speakers: gender agreement near 1/2, never perfect
+    assert 0.2 < a["chance"]["gender_acc"]["value"] < 0.8
+    for cond in ("model", "floor", "chance"):
+        lo, hi = a[cond]["gender_acc"]["ci"]
+        assert lo <= a[cond]["gender_acc"]["value"] <= hi
+    saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert saved["features"]["pixels"]["convention"] == PixelFeatures.convention
+    assert "bootstrap" in saved["conventions"]["aggregation"]
+    report = (tmp_path / "ev" / "report.md").read_text()
+    assert "| floor |" in report and "| chance |" in report and "samples.png" in report
+    assert (tmp_path / "ev" / "samples.png").is_file() and (
+        tmp_path / "ev" / "metrics.png"
+    ).is_file()
+
+
+def test_unfound_faces_are_counted_not_scored(tiny_stage1, tmp_path):
+    data, _ = tiny_stage1
+    res = _run(data, tmp_path / "ev", GreyFace(data, 32), max_clips=10)
+    a = res["attributes"]["lookup"]
+    assert a["not_found"]["model"] == 10  # the lookup knows no grey face
+    assert math.isnan(a["model"]["gender_acc"]["value"])
+    assert a["model"]["gender_acc"]["missing"] == 10
+    assert a["floor"]["gender_acc"]["value"] == 1.0
+
+
+def test_generation_is_cached_resumable_and_settings_checked(tiny_stage1, tmp_path):
+    data, _ = tiny_stage1
+    out = tmp_path / "ev"
+    gen = GreyFace(data, 32)
+    _run(data, out, gen, max_clips=6, num_images=2)
+    images = sorted((out / "images").glob("*.png"))
+    assert len(images) == 12
+    first = {p.name: p.read_bytes() for p in images}
+    images[3].unlink()  # an interrupted run: one image missing
+    calls = []
+    orig = gen.__call__
+
+    class Counting(GreyFace):
+        def __call__(self, audio, generators):
+            calls.append(len(audio))
+            return orig(audio, generators)
+
+    _run(data, out, Counting(data, 32), max_clips=6, num_images=2)
+    assert calls == [1]  # only the missing face is made again, and it is identical
+    assert {p.name: p.read_bytes() for p in sorted((out / "images").glob("*.png"))} == first
+    with pytest.raises(InputError, match="other settings"):
+        _run(data, out, gen, max_clips=6, num_images=2, seed=1)
+
+
+def test_chance_pairs_every_clip_with_another_speaker(tiny_stage1):
+    data, _ = tiny_stage1
+    clips = plan_clips(data, "train", max_clips=None, seed=0)
+    owner = {data / f: r["speaker_id"] for r in read_manifest(data) for f in r["faces"]}
+    assert all(owner[c.chance_face] != c.speaker for c in clips)
+    assert all(owner[c.other_face] == c.speaker and c.other_face != c.face for c in clips)
+    with pytest.raises(InputError, match="split"):
+        plan_clips(data, "nosuchsplit", max_clips=None, seed=0)
+
+
+def test_demo_report_puts_generated_floor_and_chance_side_by_side(tiny_stage1, tmp_path):
+    data, run = tiny_stage1
+    demo = tmp_path / "demo"
+    _run(data, demo / "eval", CopyTrueFace(data, 32), name="synthvox", max_clips=12)
+    (demo / "encoders").symlink_to(run)
+    path = demo_report(demo)
+    text = path.read_text()
+    gender = next(line for line in text.splitlines() if "| gender |" in line)
+    assert gender.startswith("| linked") and gender.count("1.000 [1.000, 1.000]") == 2
+    assert "| face-only (not in the voice) | background |" in text
+    assert "![samples](samples.png)" in text and (demo / "samples.png").is_file()
+    assert "## Stage 1" in text
+
+
+def test_cli_evaluate_refuses_bad_input_in_one_line(tiny_stage1, tmp_path, capsys):
+    from scldm.cli import main
+
+    data, _ = tiny_stage1
+    args = ["evaluate", "--data", str(data), "-o", str(tmp_path / "ev")]
+    assert main([*args, "--model", str(tmp_path)]) == 2
+    assert "not a pipeline folder" in capsys.readouterr().err
+    (tmp_path / "model_index.json").write_text("{}")
+    assert main([*args, "--model", str(tmp_path), "--features", "nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown face features 'nosuch'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "ev").exists()  # nothing half-written
