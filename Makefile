@@ -48,15 +48,23 @@ demo: install
 	  print(*sorted({x['audio'] for x in r('$(DEMO)/data', split='test') if x['audio'].endswith('/0.wav')})[:4])" \
 	  | sed 's|[^ ]*|$(DEMO)/data/&|g') \
 	  --model $(DEMO)/ldm/pipeline -o $(DEMO)/faces --num-images 4
+	$(VENV)/bin/scldm evaluate --model $(DEMO)/ldm/pipeline --data $(DEMO)/data \
+	  --oracle $(DEMO)/oracle -o $(DEMO)/eval --batch-size 48 > $(DEMO)/eval.log
+	$(PY) -m scldm.evaluation.demo_report $(DEMO)
 	@echo
 	@echo "demo: data $(DEMO)/data, oracle $(DEMO)/oracle, stage 1 $(DEMO)/encoders, stage 2 $(DEMO)/ldm"
-	@echo "demo: look at $(DEMO)/faces/grid.png, $(DEMO)/ldm/samples/*.png, $(DEMO)/encoders/metrics.json"
-	@echo "demo: faces are still blurry at these step counts; $(DEMO)/report.md with oracle metrics comes with issue 5"
+	@echo "demo: the report is $(DEMO)/report.md (faces, oracle metrics beside floor and chance, prior)"
+	@echo "demo: try  $(VENV)/bin/scldm generate any.wav --model $(DEMO)/ldm/pipeline -o out/"
 
 bench: install
 	$(PY) benchmarks/frontend.py
 	$(PY) benchmarks/synthvox.py
 	$(PY) benchmarks/pretrain.py
+	@if [ -f $(DEMO)/ldm/pipeline/model_index.json ]; then \
+	  $(PY) benchmarks/stage2_train.py --encoders $(DEMO)/encoders --data $(DEMO)/data && \
+	  $(PY) benchmarks/sampling.py --model $(DEMO)/ldm/pipeline --data $(DEMO)/data \
+	    --oracle $(DEMO)/oracle; \
+	else echo "bench: stage2_train.py and sampling.py need the runs of 'make demo' in $(DEMO)"; fi
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
