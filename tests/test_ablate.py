@@ -1,0 +1,155 @@
+"""`scldm ablate` end to end at the tiny presets: Table 4's runs, the λ sweep, the outputs, and a
+rerun that trains and evaluates nothing."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from accelerate.utils import set_seed
+from PIL import Image
+
+from scldm.cli import main
+from scldm.config import EncoderStageConfig, load_config
+from scldm.errors import InputError
+from scldm.evaluation.synthvox_oracle import SynthVoxOracle
+from scldm.models import SpeechEncoder
+from scldm.training import ablate as ablate_mod
+from scldm.training.ablate import ablate, split_overrides, stage_configs
+from scldm.training.encoders import build_model
+
+STEPS = ["--set", "pretrain.train.max_steps=2", "--set", "train.train.max_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def ablation(tiny_stage1, tmp_path_factory):
+    data, _ = tiny_stage1
+    root = tmp_path_factory.mktemp("ablate")
+    torch.manual_seed(0)  # an untrained oracle: enough to check the plumbing
+    SynthVoxOracle(image_size=32, channels=(8, 16), embedding_dim=16).save_pretrained(
+        root / "oracle"
+    )
+    out = root / "out"
+    argv = ["ablate", "--data", str(data), "--out", str(out), "--oracle", str(root / "oracle")]
+    argv += ["--config", "tiny", *STEPS, "--lambdas", "0,0.01", "--max-clips", "6"]
+    assert main(argv) == 0
+    return data, out, argv
+
+
+def test_ablate_writes_table4_sweep_grids_and_report(ablation):
+    data, out, _ = ablation
+    for name in ("table4.md", "table4.csv", "lambda_sweep.csv", "lambda_sweep.png", "grids.png"):
+        assert (out / name).is_file(), name
+    lines = (out / "table4.md").read_text().splitlines()
+    assert [ln.split("|")[1].strip() for ln in lines[2:]] == [
+        "base",
+        "+CP",
+        "+CP+PN",
+        "*true-face floor*",
+        "*chance*",
+    ]
+    assert "oracle cos ×100" in lines[0] and "R@1" in lines[0] and "age MAE" in lines[0]
+    assert all(" [" in cell for cell in lines[2].split("|")[2:-1])  # "value [CI]"
+    with open(out / "table4.csv") as f:
+        t4 = list(csv.DictReader(f))
+    assert [r["row"] for r in t4] == ["base", "+CP", "+CP+PN", "true-face floor", "chance"]
+    assert float(t4[3]["R@1_pct"]) >= 0 and t4[2]["lambda_infer"] == "0.01"
+    with open(out / "lambda_sweep.csv") as f:
+        sweep = list(csv.DictReader(f))
+    assert len(sweep) == 4  # len(lambdas)²
+    assert {(r["lambda_train"], r["lambda_infer"]) for r in sweep} == {
+        ("0", "0"),
+        ("0", "0.01"),
+        ("0.01", "0"),
+        ("0.01", "0.01"),
+    }
+    assert all(r["cos_x100"] != "" for r in sweep)
+    # the sweep's evaluations are the λ_infer settings they claim, on 6 clips
+    m = json.loads((out / "ldm-train0" / "eval" / "infer0.01" / "metrics.json").read_text())
+    assert m["model"]["lambda_infer"] == 0.01 and m["counts"]["clips"] == 6
+    assert m["settings"]["seed"] == 0 and "synthvox" in m["features"]
+    # true | base | +CP | +CP+PN for each test voice (3 here), from the evaluations' images
+    grid = Image.open(out / "grids.png")
+    assert grid.size[0] > 4 * 96 > grid.size[0] - 4 * 10
+    report = (out / "report.md").read_text()
+    assert "loss/contrastive" in report and "![grids](grids.png)" in report
+
+
+def test_ablate_runs_are_what_the_rows_say(ablation):
+    _, out, _ = ablation
+    base = load_config(EncoderStageConfig, out / "stage1-noclip" / "config.yaml")
+    normal = load_config(EncoderStageConfig, out / "stage1" / "config.yaml")
+    assert base.loss_weights["loss/contrastive"] == 0 and base.speech_lr == 0
+    assert normal.loss_weights["loss/contrastive"] == 1.0
+    assert base.loss_weights["loss/mae"] == normal.loss_weights["loss/mae"] == 1.0
+
+    def encoders_of(run: str) -> str:
+        meta = out / run / "pipeline" / "unet" / "scldm_meta.json"
+        return json.loads(meta.read_text())["encoders"]
+
+    # +CP and +CP+PN share one stage-1 run; base has its own
+    assert encoders_of("ldm-train0") == encoders_of("ldm-train0.01") == str(out / "stage1/export")
+    assert encoders_of("ldm-base") == str(out / "stage1-noclip" / "export")
+    assert (out / "stage1" / "prior" / "prior.safetensors").is_file()
+    for run, lam in (("ldm-base", 0.0), ("ldm-train0", 0.0), ("ldm-train0.01", 0.01)):
+        cfg = (out / run / "config.yaml").read_text()
+        assert f"lambda_train: {lam}" in cfg and "max_steps: 2" in cfg
+
+    # the speech encoder without contrastive pre-training is its seeded initialisation
+    set_seed(base.train.seed)
+    fresh = build_model(base).speech_encoder.state_dict()
+    for run, same in (("stage1-noclip", True), ("stage1", False)):
+        trained = SpeechEncoder.from_pretrained(out / run / "export" / "speech_encoder")
+        names = [n for n, _ in trained.named_parameters()]
+        state = trained.state_dict()
+        assert all(torch.equal(state[n], fresh[n]) for n in names) is same, run
+
+
+def test_ablate_rerun_is_a_no_op(ablation, monkeypatch, caplog):
+    _, out, argv = ablation
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*.safetensors")}
+    stamps |= {p: p.stat().st_mtime_ns for p in out.rglob("metrics.json")}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished run was redone")
+
+    monkeypatch.setattr(ablate_mod.stage1, "train", refuse)
+    monkeypatch.setattr(ablate_mod.stage2, "train", refuse)
+    monkeypatch.setattr(ablate_mod, "evaluate", refuse)
+    with caplog.at_level("INFO", logger="scldm.ablate"):
+        assert main(argv) == 0
+    lines = [r.getMessage() for r in caplog.records if r.name == "scldm.ablate"]
+    assert len(lines) == 11 and all(ln.endswith("done earlier, reused") for ln in lines)
+    assert lines[0].startswith("[1/11] stage 1 without contrastive pre-training")
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+    # other settings in the same folder are refused, naming what changed
+    with pytest.raises(InputError, match="train.max_steps: 2 → 3"):
+        ablate(
+            argv[2],
+            out,
+            oracle=argv[6],
+            preset="tiny",
+            overrides=["pretrain.train.max_steps=2", "train.train.max_steps=3"],
+            lambdas=[0, 0.01],
+            max_clips=6,
+        )
+
+
+def test_overrides_are_routed_by_stage(tiny_stage1):
+    data, _ = tiny_stage1
+    assert split_overrides(["pretrain.train.max_steps=4", "train.lambda_train=0.1"]) == (
+        ["train.max_steps=4"],
+        ["lambda_train=0.1"],
+    )
+    with pytest.raises(InputError, match="pretrain.train.max_steps"):
+        split_overrides(["train_max_steps=4"])
+    enc, ldm = stage_configs("tiny", data, ["pretrain.speech_lr=0.5", "train.train.max_steps=7"])
+    assert enc.speech_lr == 0.5 and ldm.train.max_steps == 7 and enc.train.max_steps == 4
+    assert enc.data.root == ldm.data.root == str(data)
+    with pytest.raises(InputError, match="train. overrides"):
+        stage_configs("tiny", data, ["train.max_steps=7"])  # stage 2's is train.train.max_steps
+    with pytest.raises(InputError, match="unknown pretrain preset"):
+        stage_configs("huge", data, [])
