@@ -98,7 +98,12 @@ def test_presets_keep_the_vgg16_structure_and_the_decoder_mirrors_the_encoder():
     for name in ("tiny", "small", "base"):
         widths = FACE_ENCODER_PRESETS[name].get("widths", VGG16_WIDTHS)
         decoder_widths = FACE_DECODER_PRESETS[name].get("widths", DEFAULT_DECODER_WIDTHS)
-        assert tuple(decoder_widths) == tuple(widths[:10])  # blocks 1-3
+        # blocks 1-3 mirrored: the same pools and convs, each width the encoder's times one
+        # factor (small's decoder is twice as wide, so reconstructions keep age cues)
+        enc = tuple(widths[:10])
+        assert [w == "M" for w in decoder_widths] == [w == "M" for w in enc]
+        ratios = {d / e for d, e in zip(decoder_widths, enc, strict=True) if e != "M"}
+        assert ratios == ({2.0} if name == "small" else {1.0})
 
 
 # --- VGGFace weights ---------------------------------------------------------------------------
