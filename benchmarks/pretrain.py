@@ -25,6 +25,9 @@ RESULTS = Path(__file__).parent / "results"
 DEFAULT_BATCH = {"tiny": 8, "small": 64, "base": 8}
 
 
+NOTES_MARKER = "<!-- notes: kept when the table above is regenerated -->"
+
+
 def measure(preset: str, batch_size: int, steps: int, device: str, bf16: bool) -> dict:
     import torch
 
@@ -35,7 +38,7 @@ def measure(preset: str, batch_size: int, steps: int, device: str, bf16: bool) -
 
     torch.manual_seed(0)
     cfg = load_config(EncoderStageConfig, preset, stage="pretrain")
-    model = build_model(cfg).to(device)
+    model = build_model(cfg).to(device, memory_format=torch.channels_last)  # as training does
     frontend = SpectrogramFrontend(**cfg.frontend).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     size = cfg.data.image_size
@@ -126,7 +129,11 @@ def main() -> None:
     print(table)
     RESULTS.mkdir(exist_ok=True)
     suffix = "_bf16" if args.bf16 else ""
-    (RESULTS / f"pretrain_{name}{suffix}.md").write_text(table)
+    path = RESULTS / f"pretrain_{name}{suffix}.md"
+    # hand-written notes below the marker survive a rerun; the table above it is replaced
+    old = path.read_text() if path.is_file() else ""
+    notes = old[old.index(NOTES_MARKER) :] if NOTES_MARKER in old else f"\n{NOTES_MARKER}\n"
+    path.write_text(table + "\n" + notes.lstrip("\n"))
 
 
 if __name__ == "__main__":

@@ -138,7 +138,7 @@ def score(oracle, faces, reference, rows: list[dict[str, Any]]) -> dict[str, flo
         "gender_acc": metrics["gender_acc"],
         "age_within_10": metrics["age_within_10"],
         "age_mae": metrics["age_mae"],
-        "distance": float(100 * (1 - cos).mean()),
+        "distance": max(0.0, float(100 * (1 - cos).mean())),  # no "-0.00" from rounding
     }
 
 
