@@ -160,36 +160,59 @@ def validate(
     return metrics
 
 
-def linear_probes(train_emb, test_emb, train_ds, test_ds) -> dict[str, float]:
-    """Gender accuracy and age correlation a linear read-out gets from speech embeddings,
-    per speaker (means over clips), fit on train speakers and scored on test speakers."""
-    out: dict[str, float] = {}
-    for name, emb, ds in (("train", train_emb, train_ds), ("test", test_emb, test_ds)):
-        x, ids = mean_by_group(
-            torch.nn.functional.normalize(emb["speech"], dim=-1), emb["speaker"].tolist()
-        )
-        attrs = {}
-        for row, spk in zip(ds.rows, ds.speaker_index, strict=True):
-            attrs.setdefault(spk, row)
-        out[name] = (x, [attrs[i] for i in ids])
-    (xtr, rtr), (xte, rte) = out.pop("train"), out.pop("test")
+PROBE_ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0)  # ridge strengths tried on the validation split
+PROBE_TRAIN_CLIPS = 8000  # train clips behind the probes (SynthVox small: all 6,400)
+
+
+def _speaker_table(emb, ds) -> tuple[torch.Tensor, list[dict]]:
+    """Per-speaker mean of the normalised speech embeddings, and each speaker's manifest row."""
+    x, ids = mean_by_group(
+        torch.nn.functional.normalize(emb["speech"], dim=-1), emb["speaker"].tolist()
+    )
+    rows: dict[int, dict] = {}
+    for row, spk in zip(ds.rows, ds.speaker_index, strict=True):
+        rows.setdefault(spk, row)
+    return x, [rows[i] for i in ids]
+
+
+def linear_probes(train, test, val=None) -> dict[str, float]:
+    """Gender accuracy and age correlation a linear read-out gets from speech embeddings, per
+    speaker (means over clips): ridge fit on train speakers, its strength chosen on `val`
+    speakers when given (else 1), scored on test speakers. Each of train/test/val is a pair
+    (embed_split output, dataset)."""
+    tables = {"train": _speaker_table(*train), "test": _speaker_table(*test)}
+    if val is not None:
+        tables["val"] = _speaker_table(*val)
+    targets = {
+        "gender": (lambda r: r["gender"] in ("f", "m"), lambda r: float(r["gender"] == "f")),
+        "age": (lambda r: r["age"] is not None, lambda r: float(r["age"])),
+    }
+
+    def score(name: str, pred: torch.Tensor, y: torch.Tensor) -> float:
+        if name == "gender":
+            return ((pred > 0.5) == (y > 0.5)).float().mean().item()
+        return pearson_r(pred, y)
+
     results: dict[str, float] = {}
-    keep = [i for i, r in enumerate(rtr) if r["gender"] in ("f", "m")]
-    keep_t = [i for i, r in enumerate(rte) if r["gender"] in ("f", "m")]
-    if keep and keep_t:
-        y = torch.tensor([float(rtr[i]["gender"] == "f") for i in keep])
-        pred = ridge_probe(xtr[keep], y, xte[keep_t]) > 0.5
-        truth = torch.tensor([rte[i]["gender"] == "f" for i in keep_t])
-        results["probe/gender_accuracy"] = (pred == truth).float().mean().item()
-    keep = [i for i, r in enumerate(rtr) if r["age"] is not None]
-    keep_t = [i for i, r in enumerate(rte) if r["age"] is not None]
-    if len(keep) > 2 and len(keep_t) > 2:
-        pred = ridge_probe(
-            xtr[keep], torch.tensor([float(rtr[i]["age"]) for i in keep]), xte[keep_t]
-        )
-        results["probe/age_r"] = pearson_r(
-            pred, torch.tensor([float(rte[i]["age"]) for i in keep_t])
-        )
+    for name, (usable, value) in targets.items():
+        data = {}
+        for split, (x, rows) in tables.items():
+            keep = [i for i, r in enumerate(rows) if usable(r)]
+            data[split] = (x[keep], torch.tensor([value(rows[i]) for i in keep]))
+        if len(data["train"][1]) < 3 or len(data["test"][1]) < 3:
+            continue
+        alpha = 1.0
+        if "val" in data and len(data["val"][1]) >= 3:
+            alpha = max(
+                PROBE_ALPHAS,
+                key=lambda a: score(
+                    name, ridge_probe(*data["train"], data["val"][0], alpha=a), data["val"][1]
+                ),
+            )
+        pred = ridge_probe(*data["train"], data["test"][0], alpha=alpha)
+        key = "probe/gender_accuracy" if name == "gender" else "probe/age_r"
+        results[key] = score(name, pred, data["test"][1])
+        results[f"probe/{name}_alpha"] = alpha
     return results
 
 
@@ -375,8 +398,12 @@ def export(
             }
             metrics["test/recon_mae"] = test_emb["mae"].mean().item()
             metrics["test/psnr"] = test_emb["psnr"].mean().item()
-            train_emb = embed_split(final, frontend, train_ds, **kw)
-            metrics |= linear_probes(train_emb, test_emb, train_ds, test_ds)
+            train_emb = embed_split(
+                final, frontend, train_ds, **(kw | {"max_clips": PROBE_TRAIN_CLIPS})
+            )
+            val_ds = _maybe_split(cfg, frontend, cfg.eval.split)
+            val = None if val_ds is None else (embed_split(final, frontend, val_ds, **kw), val_ds)
+            metrics |= linear_probes((train_emb, train_ds), (test_emb, test_ds), val)
             validate(final, frontend, test_ds, cfg, torch.device("cpu"), run_dir, state.step)
         write_json(run_dir / "metrics.json", metrics)
         plot_scalars(run_dir, CURVES, run_dir / "curves.png")
