@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from scldm import __version__
+from scldm.config import DEFAULT_GUIDANCE
 from scldm.data.manifest import read_manifest
 from scldm.errors import InputError
 from scldm.evaluation.scoring import (
@@ -65,7 +66,7 @@ class PipelineGenerator:
 
     pipe: Any
     steps: int = 25
-    guidance: float = 3.0
+    guidance: float = DEFAULT_GUIDANCE
     lam: float | None = None
     name: str = "scldm"
 
