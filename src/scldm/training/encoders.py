@@ -346,7 +346,7 @@ def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = Fal
                 keep_last=cfg.train.keep_last,
             )
     bar.close()
-    return export(accelerator, unwrapped, ema, frontend, cfg, run_dir, state, train_ds)
+    return export(accelerator, unwrapped, ema, frontend, cfg, run_dir, state, train_ds, val_ds)
 
 
 def _maybe_split(cfg: EncoderStageConfig, frontend, split: str) -> SpeechFaceDataset | None:
@@ -368,8 +368,10 @@ def export(
     run_dir: Path,
     state: TrainState,
     train_ds: SpeechFaceDataset,
+    val_ds: SpeechFaceDataset | None,
 ) -> Path:
-    """Save the EMA weights with `save_pretrained`, then score them on the test split."""
+    """Save the EMA weights with `save_pretrained`, then score them on the test split (probes
+    fit on `train_ds`, their ridge strength chosen on `val_ds`)."""
     out = run_dir / "export"
     check_ranks_agree(accelerator, model)
     if accelerator.is_main_process:
@@ -401,7 +403,6 @@ def export(
             train_emb = embed_split(
                 final, frontend, train_ds, **(kw | {"max_clips": PROBE_TRAIN_CLIPS})
             )
-            val_ds = _maybe_split(cfg, frontend, cfg.eval.split)
             val = None if val_ds is None else (embed_split(final, frontend, val_ds, **kw), val_ds)
             metrics |= linear_probes((train_emb, train_ds), (test_emb, test_ds), val)
             validate(final, frontend, test_ds, cfg, torch.device("cpu"), run_dir, state.step)
