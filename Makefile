@@ -38,7 +38,7 @@ lint: install
 DEMO ?= runs/demo
 demo: install
 	$(VENV)/bin/scldm prepare synthvox --out $(DEMO)/data --speakers 600 --image-size 64 --workers 2
-	$(VENV)/bin/scldm synthvox-oracle --data $(DEMO)/data --out $(DEMO)/oracle --steps 800
+	$(VENV)/bin/scldm synthvox-oracle --data $(DEMO)/data --out $(DEMO)/oracle --steps 600
 	$(VENV)/bin/scldm pretrain --data $(DEMO)/data --out $(DEMO)/encoders --config small \
 	  --set train.max_steps=600 --set train.batch_size=32 --set train.eval_every=300 \
 	  --set train.save_every=300 --resume latest

@@ -14,7 +14,7 @@ import torch
 
 from conftest import SR, tone, write_wav
 from scldm import InputError
-from scldm.audio import SpectrogramFrontend, load_audio, loop_to_length
+from scldm.audio import SpectrogramFrontend, load_audio, loop_to_length, random_crop
 
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
 
@@ -100,6 +100,21 @@ def test_short_clip_is_looped_to_six_seconds(tmp_path):
 def test_loop_to_length_trims_and_repeats():
     assert loop_to_length(np.arange(3), 7).tolist() == [0, 1, 2, 0, 1, 2, 0]
     assert loop_to_length(np.arange(10), 4).tolist() == [0, 1, 2, 3]
+
+
+def test_random_crop_takes_one_contiguous_window_per_row():
+    wave = torch.arange(4 * 100, dtype=torch.float32).reshape(4, 100)  # row r: 100r … 100r+99
+    crops = random_crop(wave, 30, torch.Generator().manual_seed(0))
+    assert crops.shape == (4, 30)
+    starts = crops[:, 0] - 100 * torch.arange(4)
+    assert ((starts >= 0) & (starts <= 70)).all()
+    for row, start in enumerate(starts.long().tolist()):
+        assert torch.equal(crops[row], wave[row, start : start + 30])
+    again = random_crop(wave, 30, torch.Generator().manual_seed(0))
+    assert torch.equal(crops, again)  # the generator alone decides the windows
+    many = random_crop(wave.repeat(64, 1), 30, torch.Generator().manual_seed(1))
+    assert len(set((many[:, 0] % 100).tolist())) > 20  # offsets vary across rows
+    assert random_crop(wave, 100) is wave and random_crop(wave, 500) is wave
 
 
 def test_load_reads_only_the_seconds_asked_for(tmp_path):

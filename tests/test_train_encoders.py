@@ -117,6 +117,14 @@ def test_resume_rejects_a_folder_that_is_not_a_checkpoint(data, tmp_path, capsys
     assert "not a checkpoint folder" in capsys.readouterr().err
 
 
+def test_training_window_longer_than_the_segment_is_a_clear_error(data, tmp_path, capsys):
+    # tiny: 0.5 s segments, trained on 0.4 s windows (so the tests above run the crop path)
+    assert _pretrain(data, tmp_path / "r", "--set", "train_crop_seconds=0.8") == 2
+    err = capsys.readouterr().err
+    assert "train_crop_seconds 0.8 must lie in (0, segment_seconds 0.5]" in err
+    assert "Traceback" not in err and not (tmp_path / "r").exists()
+
+
 def test_two_processes_through_accelerate(data, tmp_path):
     run = tmp_path / "ddp"
     args = ["pretrain", "--data", str(data), "--out", str(run), *TINY, "--cpu"]

@@ -113,6 +113,22 @@ def loop_to_length(wave: np.ndarray, num_samples: int) -> np.ndarray:
     return np.tile(wave, reps)[..., :num_samples] if reps > 1 else wave[..., :num_samples]
 
 
+def random_crop(
+    waveform: torch.Tensor, num_samples: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """(B, S) → (B, num_samples): an independent, uniformly placed window of each row.
+
+    Offsets are drawn on the CPU from `generator`, so a seeded generator gives the same crops
+    on every device. `num_samples` ≥ S returns `waveform` unchanged.
+    """
+    batch, length = waveform.shape
+    if num_samples >= length:
+        return waveform
+    offsets = torch.randint(0, length - num_samples + 1, (batch, 1), generator=generator)
+    index = offsets + torch.arange(num_samples)  # (B, num_samples)
+    return waveform.gather(1, index.to(waveform.device))
+
+
 # --- Front end -------------------------------------------------------------------------------
 
 

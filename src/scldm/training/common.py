@@ -232,6 +232,14 @@ class EMA:
         self.shadow = {k: v.float() for k, v in state["shadow"].items()}
 
 
+def background_worker(worker_id: int) -> None:
+    """DataLoader `worker_init_fn`: run loader workers at low CPU priority. On a machine with
+    as many busy threads as cores, decoding files then fills the gaps instead of preempting
+    the training step (stage 1 small on 2 cores: see benchmarks/results/pretrain_cpu.md)."""
+    if hasattr(os, "nice"):
+        os.nice(10)
+
+
 def batch_stream(
     loader: Any, sampler: Any, start_step: int, accelerator: Accelerator
 ) -> Iterator[Any]:

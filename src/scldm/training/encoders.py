@@ -17,7 +17,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from scldm.audio import SpectrogramFrontend
+from scldm.audio import SpectrogramFrontend, random_crop
 from scldm.config import EncoderStageConfig
 from scldm.data.datasets import SpeakerBatchSampler, SpeechFaceDataset, collate
 from scldm.errors import InputError
@@ -32,6 +32,7 @@ from scldm.models.speech_encoder import SPEECH_ENCODER_PRESETS
 from scldm.training.common import (
     EMA,
     TrainState,
+    background_worker,
     batch_stream,
     check_ranks_agree,
     load_checkpoint,
@@ -109,12 +110,27 @@ def embed_split(
     max_clips: int,
     batch_size: int,
     device: torch.device,
+    speech_only: bool = False,
+    num_workers: int = 0,
 ) -> dict[str, torch.Tensor]:
-    """Speech and face embeddings, speakers and reconstructions of up to `max_clips` clips."""
+    """Speech and face embeddings, speakers and reconstructions of up to `max_clips` clips
+    (only speech embeddings and speakers with `speech_only`, for the probes)."""
     model.eval()
     subset = Subset(dataset, range(min(len(dataset), max_clips)))
     out, shown = defaultdict(list), set()
-    for batch in DataLoader(subset, batch_size=batch_size, collate_fn=collate):
+    loader = DataLoader(
+        subset,
+        batch_size=batch_size,
+        collate_fn=collate,
+        num_workers=num_workers,
+        worker_init_fn=background_worker,
+    )
+    for batch in loader:
+        if speech_only:
+            spectrogram = frontend(batch["waveform"].to(device))
+            out["speech"].append(model.speech_encoder(spectrogram).embedding.float().cpu())
+            out["speaker"].append(batch["speaker"])
+            continue
         face = batch["face"].to(device)
         outputs = model(frontend(batch["waveform"].to(device)), face)
         out["speech"].append(outputs["speech_embedding"].float().cpu())
@@ -140,16 +156,27 @@ def retrieval_by_speaker(emb: dict[str, torch.Tensor], pool_size: int) -> dict[s
 
 
 def validate(
-    model, frontend, dataset, cfg: EncoderStageConfig, device, run_dir: Path, step: int
+    model,
+    frontend,
+    dataset,
+    cfg: EncoderStageConfig,
+    device,
+    run_dir: Path,
+    step: int,
+    emb: dict[str, torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    emb = embed_split(
-        model,
-        frontend,
-        dataset,
-        max_clips=cfg.eval.max_clips,
-        batch_size=cfg.train.batch_size,
-        device=device,
-    )
+    """Retrieval, reconstruction metrics and the grid of `dataset` (embedded here unless `emb`,
+    an `embed_split` result for it, is given)."""
+    if emb is None:
+        emb = embed_split(
+            model,
+            frontend,
+            dataset,
+            max_clips=cfg.eval.max_clips,
+            batch_size=cfg.train.batch_size,
+            device=device,
+            num_workers=cfg.data.num_workers,
+        )
     metrics = {f"val/{k}": v for k, v in retrieval_by_speaker(emb, cfg.eval.pool_size).items()}
     metrics["val/recon_mae"] = emb["mae"].mean().item()
     metrics["val/psnr"] = emb["psnr"].mean().item()
@@ -222,13 +249,14 @@ def linear_probes(train, test, val=None) -> dict[str, float]:
 def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = False) -> Path:
     """Run stage 1 and return the export folder (speech_encoder/, face_encoder/, face_decoder/,
     frontend/ — EMA weights, `save_pretrained` format)."""
+    frontend = SpectrogramFrontend(**cfg.frontend)
+    crop = _crop_samples(cfg, frontend)  # checked before anything is written
     run_dir = Path(cfg.train.output_dir)
     accelerator = make_accelerator(cfg.train, run_dir, cpu=cpu)
     set_seed(cfg.train.seed)  # identical initialisation on every rank
     setup_run(accelerator, cfg, run_dir, "scldm-pretrain")
     device = accelerator.device
 
-    frontend = SpectrogramFrontend(**cfg.frontend)
     train_ds = SpeechFaceDataset(
         cfg.data.root, "train", frontend=frontend, image_size=cfg.data.image_size
     )
@@ -239,6 +267,7 @@ def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = Fal
         collate_fn=collate,
         num_workers=cfg.data.num_workers,
         persistent_workers=cfg.data.num_workers > 0,
+        worker_init_fn=background_worker,
     )
     # channels-last convolutions: 20-35 % faster on CPU (oneDNN) for the speech encoder and
     # the decoder, and the layout tensor cores want on GPU (benchmarks/results/pretrain_cpu.md)
@@ -291,7 +320,13 @@ def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = Fal
         if state.step >= cfg.train.max_steps:
             break
         with accelerator.accumulate(model):
-            outputs = model(frontend(batch["waveform"]), batch["face"])  # through DDP's forward
+            wave = batch["waveform"]
+            if crop is not None:  # seeded by (seed, step, rank): resumable without saved state
+                rng = torch.Generator().manual_seed(
+                    (cfg.train.seed * 1_000_003 + state.step) * 1009 + accelerator.process_index
+                )
+                wave = random_crop(wave, crop, rng)
+            outputs = model(frontend(wave), batch["face"])  # through DDP's forward
             loss, logs = encoder_stage_loss(
                 outputs, batch, cfg.loss_weights, perceptual=perceptual, gather=cfg.gather_negatives
             )
@@ -349,6 +384,19 @@ def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = Fal
     return export(accelerator, unwrapped, ema, frontend, cfg, run_dir, state, train_ds, val_ds)
 
 
+def _crop_samples(cfg: EncoderStageConfig, frontend: SpectrogramFrontend) -> int | None:
+    """Training window in samples (`train_crop_seconds`), or None for the whole segment."""
+    seconds = cfg.train_crop_seconds
+    if seconds is None:
+        return None
+    segment = frontend.config.segment_seconds
+    if not 0 < seconds <= segment:
+        raise InputError(
+            None, f"train_crop_seconds {seconds} must lie in (0, segment_seconds {segment}]"
+        )
+    return round(seconds * frontend.config.sample_rate)
+
+
 def _maybe_split(cfg: EncoderStageConfig, frontend, split: str) -> SpeechFaceDataset | None:
     try:
         return SpeechFaceDataset(
@@ -392,6 +440,7 @@ def export(
                 "max_clips": cfg.eval.max_clips,
                 "batch_size": cfg.train.batch_size,
                 "device": torch.device("cpu"),
+                "num_workers": cfg.data.num_workers,
             }
             test_emb = embed_split(final, frontend, test_ds, **kw)
             metrics |= {
@@ -400,12 +449,17 @@ def export(
             }
             metrics["test/recon_mae"] = test_emb["mae"].mean().item()
             metrics["test/psnr"] = test_emb["psnr"].mean().item()
+            probe_kw = kw | {"speech_only": True}
             train_emb = embed_split(
-                final, frontend, train_ds, **(kw | {"max_clips": PROBE_TRAIN_CLIPS})
+                final, frontend, train_ds, **(probe_kw | {"max_clips": PROBE_TRAIN_CLIPS})
             )
-            val = None if val_ds is None else (embed_split(final, frontend, val_ds, **kw), val_ds)
+            val = (
+                None
+                if val_ds is None
+                else (embed_split(final, frontend, val_ds, **probe_kw), val_ds)
+            )
             metrics |= linear_probes((train_emb, train_ds), (test_emb, test_ds), val)
-            validate(final, frontend, test_ds, cfg, torch.device("cpu"), run_dir, state.step)
+            validate(final, frontend, test_ds, cfg, None, run_dir, state.step, emb=test_emb)
         write_json(run_dir / "metrics.json", metrics)
         plot_scalars(run_dir, CURVES, run_dir / "curves.png")
         log.info("exported %s; %s", out, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
