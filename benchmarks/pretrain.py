@@ -42,8 +42,8 @@ def measure(preset: str, batch_size: int, steps: int, device: str, bf16: bool) -
     frontend = SpectrogramFrontend(**cfg.frontend).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     size = cfg.data.image_size
-    seconds = cfg.train_crop_seconds or frontend.config.segment_seconds  # what a step sees
-    wave = torch.randn(batch_size, round(seconds * frontend.config.sample_rate), device=device)
+    audio_s = cfg.train_crop_seconds or frontend.config.segment_seconds  # what a step sees
+    wave = torch.randn(batch_size, round(audio_s * frontend.config.sample_rate), device=device)
     wave = wave * 0.1
     face = torch.rand(batch_size, 3, size, size, device=device) * 2 - 1
     batch = {"speaker": torch.arange(batch_size, device=device), "face": face}
@@ -76,7 +76,7 @@ def measure(preset: str, batch_size: int, steps: int, device: str, bf16: bool) -
         "preset": preset,
         "params_m": params / 1e6,
         "batch": batch_size,
-        "audio_s": cfg.train_crop_seconds or cfg.frontend.get("segment_seconds", 6.0),
+        "audio_s": audio_s,
         "image": size,
         "samples_per_s": batch_size * steps / seconds,
         "s_per_step": seconds / steps,

@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from scldm.audio import SpectrogramFrontend
 from scldm.cli import main
 from scldm.data.synthvox import prepare_synthvox
 from scldm.models import FaceDecoder, FaceEncoder, SpeechEncoder
@@ -115,6 +116,20 @@ def test_resume_in_a_fresh_process_equals_training_straight(data, tmp_path):
 def test_resume_rejects_a_folder_that_is_not_a_checkpoint(data, tmp_path, capsys):
     assert _pretrain(data, tmp_path / "r", "--resume", str(tmp_path)) == 2
     assert "not a checkpoint folder" in capsys.readouterr().err
+
+
+def test_training_windows_are_random_crops_and_the_export_keeps_the_whole_segment(data, tmp_path):
+    two = ["--set", "train.max_steps=2"]
+    runs = {"none": "null", "whole": "0.5", "window": "0.4"}  # tiny: 0.5 s segments
+    for name, crop in runs.items():
+        assert _pretrain(data, tmp_path / name, *two, "--set", f"train_crop_seconds={crop}") == 0
+    w = {n: _weights(tmp_path / n / "checkpoints" / "step_0000002") for n in runs}
+    _assert_equal(w["none"], w["whole"])  # a window as long as the segment is no crop at all
+    assert any(
+        not torch.equal(w["none"]["model"][k], w["window"]["model"][k]) for k in w["none"]["model"]
+    )
+    frontend = SpectrogramFrontend.from_pretrained(tmp_path / "window" / "export" / "frontend")
+    assert frontend.config.segment_seconds == 0.5  # inference embeds the whole segment
 
 
 def test_training_window_longer_than_the_segment_is_a_clear_error(data, tmp_path, capsys):
