@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -40,19 +41,21 @@ def measure(preset: str, batch_size: int, steps: int, device: str, bf16: bool) -
     cfg = load_config(EncoderStageConfig, preset, stage="pretrain")
     model = build_model(cfg).to(device, memory_format=torch.channels_last)  # as training does
     frontend = SpectrogramFrontend(**cfg.frontend).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as training
     size = cfg.data.image_size
     audio_s = cfg.train_crop_seconds or frontend.config.segment_seconds  # what a step sees
     wave = torch.randn(batch_size, round(audio_s * frontend.config.sample_rate), device=device)
     wave = wave * 0.1
     face = torch.rand(batch_size, 3, size, size, device=device) * 2 - 1
+    reconstructed = max(1, math.ceil(cfg.recon_fraction * batch_size))  # as training
     batch = {"speaker": torch.arange(batch_size, device=device), "face": face}
     weights = {**cfg.loss_weights, "loss/lpips": 0.0}  # LPIPS needs the user's backbone file
     dtype = torch.bfloat16 if bf16 else torch.float32
 
     def step() -> None:
         with torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=bf16):
-            loss, _ = encoder_stage_loss(model(frontend(wave), face), batch, weights)
+            outputs = model(frontend(wave), face, num_reconstructed=reconstructed)
+            loss, _ = encoder_stage_loss(outputs, batch, weights)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -73,6 +73,7 @@ def measure(args: argparse.Namespace, mode: str) -> dict:
         lr=cfg.optim.lr,
         betas=cfg.optim.betas,
         weight_decay=cfg.optim.weight_decay,
+        fused=True,  # as `scldm train`
     )
 
     def sync() -> float:

@@ -132,6 +132,33 @@ def test_training_windows_are_random_crops_and_the_export_keeps_the_whole_segmen
     assert frontend.config.segment_seconds == 0.5  # inference embeds the whole segment
 
 
+def test_recon_fraction_decodes_part_of_each_batch(data, tmp_path):
+    """1.0 is the default (every face); 0.5 trains the decoder on half of each batch, which
+    changes the weights."""
+    two = ["--set", "train.max_steps=2"]
+    runs = {
+        "default": [],
+        "all": ["--set", "recon_fraction=1.0"],
+        "half": ["--set", "recon_fraction=0.5"],
+    }
+    for name, extra in runs.items():
+        assert _pretrain(data, tmp_path / name, *two, *extra) == 0
+    w = {n: _weights(tmp_path / n / "checkpoints" / "step_0000002") for n in runs}
+    _assert_equal(w["default"], w["all"])
+    decoder = [k for k in w["default"]["model"] if k.startswith("face_decoder.")]
+    assert decoder and any(
+        not torch.equal(w["default"]["model"][k], w["half"]["model"][k]) for k in decoder
+    )
+
+
+@pytest.mark.parametrize("fraction", ["0", "1.5"])
+def test_recon_fraction_outside_0_1_is_a_clear_error(data, tmp_path, capsys, fraction):
+    assert _pretrain(data, tmp_path / "r", "--set", f"recon_fraction={fraction}") == 2
+    err = capsys.readouterr().err
+    assert f"recon_fraction {fraction} must lie in (0, 1]" in err
+    assert "Traceback" not in err and not (tmp_path / "r").exists()
+
+
 def test_training_window_longer_than_the_segment_is_a_clear_error(data, tmp_path, capsys):
     # tiny: 0.5 s segments, trained on 0.4 s windows (so the tests above run the crop path)
     assert _pretrain(data, tmp_path / "r", "--set", "train_crop_seconds=0.8") == 2

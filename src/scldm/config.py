@@ -104,6 +104,10 @@ class EncoderStageConfig:
     # segment). Validation, the probes, stage 2 and inference still see the front end's full
     # segment: the speech encoder averages over time, so it takes any length.
     train_crop_seconds: float | None = None
+    # the face decoder reconstructs only the first ceil(fraction · B) faces of each training
+    # batch, a random subset (batches are shuffled); the contrastive loss still sees all B. On
+    # a CPU the decoder is most of a step, so a fraction buys steps. 1.0: every face (the paper)
+    recon_fraction: float = 1.0
     loss_weights: Mapping[str, float] = field(
         default_factory=lambda: {"loss/contrastive": 1.0, "loss/mae": 1.0, "loss/lpips": 0.0}
     )

@@ -95,7 +95,8 @@ def encoder_stage_loss(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Stage-1 loss, SCLDM eq. 1: total = Σ_k weights[k] · logs[k] over LOSS_KEYS.
 
-    outputs: `SpeechFaceModel.forward`'s dict; batch: needs "face" (B, 3, H, W) and uses
+    outputs: `SpeechFaceModel.forward`'s dict (its reconstruction may cover only the first R
+    faces, then L_rec is their mean); batch: needs "face" (B, 3, H, W) and uses
     "speaker" (B,) to mask same-speaker negatives when present. weights: keyed like the logs
     ("loss/contrastive", "loss/mae", "loss/lpips"); a missing key weighs 0, and LPIPS is
     computed only when its weight is nonzero (then `perceptual` is required).
@@ -118,8 +119,11 @@ def encoder_stage_loss(
         gather=gather,
     )
     terms = {"loss/contrastive": contrastive}
+    reconstruction = outputs["reconstruction"]  # of the first R ≤ B faces
     terms |= reconstruction_loss(
-        outputs["reconstruction"], batch["face"], perceptual=perceptual if use_lpips else None
+        reconstruction,
+        batch["face"][: len(reconstruction)],
+        perceptual=perceptual if use_lpips else None,
     )
     total = sum(weights.get(key, 0.0) * value for key, value in terms.items())
     logs = {"loss": total.detach()} | {k: v.detach() for k, v in terms.items()} | clip_logs

@@ -81,6 +81,23 @@ def test_speech_face_model_gradient_reaches_every_parameter_through_forward():
         assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
 
 
+def test_reconstructing_part_of_the_batch_is_the_same_loss_on_those_faces():
+    """`num_reconstructed=R`: the decoder sees the first R latents only; the contrastive term
+    still covers the whole batch and L_rec is the mean over those R faces."""
+    model = tiny_model().eval()  # BatchNorm on running statistics: a subset decodes the same
+    data = synthetic_pairs(6)
+    full = model(data["spectrogram"], data["face"])
+    part = model(data["spectrogram"], data["face"], num_reconstructed=2)
+    assert part["reconstruction"].shape == (2, 3, 32, 32)
+    torch.testing.assert_close(part["reconstruction"], full["reconstruction"][:2])
+    _, logs_full = encoder_stage_loss(full, data, WEIGHTS)
+    _, logs_part = encoder_stage_loss(part, data, WEIGHTS)
+    torch.testing.assert_close(logs_part["loss/contrastive"], logs_full["loss/contrastive"])
+    mae = (full["reconstruction"][:2] - data["face"][:2]).abs().mean()
+    torch.testing.assert_close(logs_part["loss/mae"], mae)
+    assert not torch.isclose(logs_part["loss/mae"], logs_full["loss/mae"])
+
+
 def test_speech_face_model_rejects_mismatched_parts():
     with pytest.raises(ValueError, match="embedding_dim"):
         SpeechFaceModel(

@@ -46,12 +46,15 @@ class SpeechFaceModel(nn.Module):
         self.face_decoder = face_decoder
         self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
 
-    def forward(self, spectrogram: torch.Tensor, face: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, spectrogram: torch.Tensor, face: torch.Tensor, *, num_reconstructed: int | None = None
+    ) -> dict[str, torch.Tensor]:
         """spectrogram: (B, 2, F, T); face: (B, 3, H, W) in [-1, 1] → everything the loss needs:
 
         speech_embedding (B, D) and face_embedding (B, D), not normalised; latents
-        (B, C, H/8, W/8); reconstruction (B, 3, H, W) in [-1, 1]; logit_scale (), the raw
-        parameter (the loss exponentiates it).
+        (B, C, H/8, W/8); reconstruction (R, 3, H, W) in [-1, 1] of the first R faces, R =
+        `num_reconstructed` (default: all B); logit_scale (), the raw parameter (the loss
+        exponentiates it).
         """
         speech = self.speech_encoder(spectrogram)
         faces = self.face_encoder(face)
@@ -59,7 +62,7 @@ class SpeechFaceModel(nn.Module):
             "speech_embedding": speech.embedding,
             "face_embedding": faces.embedding,
             "latents": faces.latents,
-            "reconstruction": self.face_decoder(faces.latents),
+            "reconstruction": self.face_decoder(faces.latents[:num_reconstructed]),
             "logit_scale": self.logit_scale,
         }
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from collections import defaultdict
 from collections.abc import Mapping
@@ -253,6 +254,10 @@ def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = Fal
     frontend/ — EMA weights, `save_pretrained` format)."""
     frontend = SpectrogramFrontend(**cfg.frontend)
     crop = _crop_samples(cfg, frontend)  # checked before anything is written
+    if not 0 < cfg.recon_fraction <= 1:
+        raise InputError(None, f"recon_fraction {cfg.recon_fraction:g} must lie in (0, 1]")
+    # faces the decoder reconstructs per step (per process): at least one
+    num_reconstructed = max(1, math.ceil(cfg.recon_fraction * cfg.train.batch_size))
     run_dir = Path(cfg.train.output_dir)
     accelerator = make_accelerator(cfg.train, run_dir, cpu=cpu)
     set_seed(cfg.train.seed)  # identical initialisation on every rank
@@ -282,7 +287,7 @@ def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = Fal
         },
         cfg.optim.weight_decay,
     )
-    optimizer = torch.optim.AdamW(groups, betas=cfg.optim.betas)
+    optimizer = torch.optim.AdamW(groups, betas=cfg.optim.betas, fused=True)  # one kernel
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     frontend.to(device)
     perceptual = _perceptual(cfg, device)
@@ -328,7 +333,9 @@ def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = Fal
                     (cfg.train.seed * 1_000_003 + state.step) * 1009 + accelerator.process_index
                 )
                 wave = random_crop(wave, crop, rng)
-            outputs = model(frontend(wave), batch["face"])  # through DDP's forward
+            outputs = model(  # through DDP's forward
+                frontend(wave), batch["face"], num_reconstructed=num_reconstructed
+            )
             loss, logs = encoder_stage_loss(
                 outputs, batch, cfg.loss_weights, perceptual=perceptual, gather=cfg.gather_negatives
             )
