@@ -40,8 +40,8 @@ demo: install
 	$(VENV)/bin/scldm prepare synthvox --out $(DEMO)/data --speakers 600 --image-size 64 --workers 2
 	$(VENV)/bin/scldm synthvox-oracle --data $(DEMO)/data --out $(DEMO)/oracle --steps 600
 	$(VENV)/bin/scldm pretrain --data $(DEMO)/data --out $(DEMO)/encoders --config small \
-	  --set train.max_steps=600 --set train.batch_size=32 --set train.eval_every=300 \
-	  --set train.save_every=300 --resume latest
+	  --set train.max_steps=800 --set train.batch_size=32 --set train.eval_every=400 \
+	  --set train.save_every=400 --resume latest
 	$(VENV)/bin/scldm prior --encoders $(DEMO)/encoders --data $(DEMO)/data
 	$(VENV)/bin/scldm train --encoders $(DEMO)/encoders --data $(DEMO)/data --out $(DEMO)/ldm \
 	  --config small --set train.max_steps=600 --set train.eval_every=300 --resume latest

@@ -79,6 +79,7 @@ def measure(preset: str, batch_size: int, steps: int, device: str, bf16: bool) -
         "preset": preset,
         "params_m": params / 1e6,
         "batch": batch_size,
+        "decoded": reconstructed,
         "audio_s": audio_s,
         "image": size,
         "samples_per_s": batch_size * steps / seconds,
@@ -121,13 +122,14 @@ def main() -> None:
         "loading, no LPIPS). Peak memory: max RSS of the process (CPU) or "
         "`max_memory_allocated` (GPU).",
         "",
-        "| preset | parameters | audio | faces | batch | samples/s | s/step | peak memory |",
+        "| preset | parameters | audio | faces | batch (faces decoded) | samples/s | s/step "
+        "| peak memory |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['preset']} | {r['params_m']:.2f} M | {r['audio_s']:g} s | {r['image']} px | "
-            f"{r['batch']} | {r['samples_per_s']:.1f} | {r['s_per_step']:.2f} | "
+            f"{r['batch']} ({r['decoded']}) | {r['samples_per_s']:.1f} | {r['s_per_step']:.2f} | "
             f"{r['peak_mib']:.0f} MiB |"
         )
     table = "\n".join(lines) + "\n"
