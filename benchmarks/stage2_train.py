@@ -221,6 +221,9 @@ def table(args: argparse.Namespace, rows: dict[str, dict], load: float) -> str:
         "",
         f"Speed-up of the cache: **{speedup:.1f}×** ({verdict} issue 5's target of ≥ {TARGET:g}× "
         "on a CPU). For the cached mode *encoders* is the copy of the batch to the device.",
+        f"A cache can at most remove the batch and encoder columns: with this preset's UNet step "
+        f"the bound is (batch + encoders + UNet step) / UNet step = "
+        f"{fresh['s_per_step'] / fresh['step_s']:.1f}× for these encoders and this UNet.",
     ]
     build = "built" if cached["cache_built"] else "loaded (it existed)"
     once = (fresh["data_s"] + fresh["encode_s"]) / args.batch_size * cached["clips"]
