@@ -151,6 +151,20 @@ def test_recon_fraction_decodes_part_of_each_batch(data, tmp_path):
     )
 
 
+def test_decoder_lr_is_its_own_learning_rate(data, tmp_path):
+    """decoder_lr equal to face_lr is the same training as none; another value changes the
+    decoder's weights."""
+    two = ["--set", "train.max_steps=2", "--set", "face_lr=0.001"]
+    runs = {"none": [], "same": ["--set", "decoder_lr=0.001"], "own": ["--set", "decoder_lr=0.01"]}
+    for name, extra in runs.items():
+        assert _pretrain(data, tmp_path / name, *two, *extra) == 0
+    w = {n: _weights(tmp_path / n / "checkpoints" / "step_0000002") for n in runs}
+    for key in w["none"]["model"]:
+        torch.testing.assert_close(w["same"]["model"][key], w["none"]["model"][key])
+    decoder = [k for k in w["none"]["model"] if k.startswith("face_decoder.")]
+    assert any(not torch.equal(w["none"]["model"][k], w["own"]["model"][k]) for k in decoder)
+
+
 @pytest.mark.parametrize("fraction", ["0", "1.5"])
 def test_recon_fraction_outside_0_1_is_a_clear_error(data, tmp_path, capsys, fraction):
     assert _pretrain(data, tmp_path / "r", "--set", f"recon_fraction={fraction}") == 2

@@ -100,6 +100,7 @@ class EncoderStageConfig:
     face_decoder: Mapping[str, Any] = field(default_factory=dict)
     speech_lr: float = 1e-3  # paper: 1e-3 for the speech encoder
     face_lr: float = 1e-4  # paper: 1e-4 for the face encoder and decoder
+    decoder_lr: float | None = None  # the face decoder's own learning rate (None: face_lr)
     # train on a random window of this many seconds of each clip's segment (None: the whole
     # segment). Validation, the probes, stage 2 and inference still see the front end's full
     # segment: the speech encoder averages over time, so it takes any length.

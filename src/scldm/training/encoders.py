@@ -279,10 +279,19 @@ def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = Fal
     # channels-last convolutions: 20-35 % faster on CPU (oneDNN) for the speech encoder and
     # the decoder, and the layout tensor cores want on GPU (benchmarks/results/pretrain_cpu.md)
     model = build_model(cfg).to(memory_format=torch.channels_last)
+    if cfg.decoder_lr is None:  # one group for the face side, as the paper
+        face = {
+            "face": (torch.nn.ModuleList([model.face_encoder, model.face_decoder]), cfg.face_lr)
+        }
+    else:
+        face = {
+            "face": (model.face_encoder, cfg.face_lr),
+            "decoder": (model.face_decoder, cfg.decoder_lr),
+        }
     groups = param_groups(
         {
             "speech": (model.speech_encoder, cfg.speech_lr),
-            "face": (torch.nn.ModuleList([model.face_encoder, model.face_decoder]), cfg.face_lr),
+            **face,
             "logit_scale": (torch.nn.ParameterList([model.logit_scale]), cfg.speech_lr),
         },
         cfg.optim.weight_decay,
