@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import shutil
 
 import pytest
 import torch
@@ -51,6 +52,28 @@ def test_items_hold_segment_face_speaker_and_attributes(prepared):
     )[3]
     assert spec["spectrogram"].shape == (2, 257, fe.num_frames)
     torch.testing.assert_close(spec["spectrogram"], fe(item["waveform"])[0])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_items_from_memory_are_the_items_from_disk(prepared, workers):
+    # one clip as 32-bit float samples off the 16-bit grid: kept as float32, the rest as int16
+    write_wav(prepared / "audio/spk1/0.wav", tone(330, 0.5, amp=0.3) + 1e-6, subtype="FLOAT")
+    fe = SpectrogramFrontend(segment_seconds=1.0)
+    disk = SpeechFaceDataset(prepared, "train", frontend=fe, image_size=32)
+    ram = SpeechFaceDataset(prepared, "train", frontend=fe, image_size=32)
+    rng = torch.get_rng_state()
+    ram.load_into_memory(num_workers=workers, progress=False)
+    assert torch.equal(torch.get_rng_state(), rng)  # seeded runs stay the same runs
+    kinds = [(w.dtype, f.dtype) for w, f in ram._memory]
+    assert kinds.count((torch.float32, torch.uint8)) == 1
+    assert kinds.count((torch.int16, torch.uint8)) == len(ram) - 1
+    expected = [disk[i] for i in range(len(disk))]
+    shutil.rmtree(prepared / "audio")  # served from memory now
+    shutil.rmtree(prepared / "faces")
+    for a, i in zip(expected, range(len(ram)), strict=True):
+        b = ram[i]
+        assert torch.equal(a["waveform"], b["waveform"]) and torch.equal(a["face"], b["face"])
+        assert (a["speaker"], a["attributes"]) == (b["speaker"], b["attributes"])
 
 
 def test_loader_batches_with_the_sampler(prepared):

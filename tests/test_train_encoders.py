@@ -165,6 +165,15 @@ def test_decoder_lr_is_its_own_learning_rate(data, tmp_path):
     assert any(not torch.equal(w["none"]["model"][k], w["own"]["model"][k]) for k in decoder)
 
 
+def test_training_from_memory_is_training_from_disk(data, tmp_path):
+    """data.in_memory decodes the clips once up front; the training is bitwise the same."""
+    two = ["--set", "train.max_steps=2"]
+    assert _pretrain(data, tmp_path / "disk", *two) == 0
+    assert _pretrain(data, tmp_path / "ram", *two, "--set", "data.in_memory=true") == 0
+    step = Path("checkpoints") / "step_0000002"
+    _assert_equal(_weights(tmp_path / "disk" / step), _weights(tmp_path / "ram" / step))
+
+
 @pytest.mark.parametrize("fraction", ["0", "1.5"])
 def test_recon_fraction_outside_0_1_is_a_clear_error(data, tmp_path, capsys, fraction):
     assert _pretrain(data, tmp_path / "r", "--set", f"recon_fraction={fraction}") == 2

@@ -39,6 +39,10 @@ class DataConfig:
     root: str = "data/synthvox"
     image_size: int = 64
     num_workers: int = 0
+    # stage 1: decode every clip once and train from RAM (SpeechFaceDataset.load_into_memory),
+    # for small sets on few cores, where decoding files every step takes CPU time from the step
+    # itself (stage 2 always trains from its latent cache)
+    in_memory: bool = False
 
 
 @dataclass(frozen=True)

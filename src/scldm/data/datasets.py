@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -10,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
 
 from scldm.audio import SpectrogramFrontend
 from scldm.data.manifest import REQUIRED, read_manifest
@@ -39,6 +41,7 @@ class SpeechFaceDataset(Dataset):
         return_spectrogram: bool = False,
     ) -> None:
         self.root = Path(root)
+        self.split = split
         self.rows = read_manifest(self.root, split=split)
         if not self.rows:
             raise InputError(self.root, f"no clips in split {split!r}")
@@ -48,15 +51,49 @@ class SpeechFaceDataset(Dataset):
         self.speakers = sorted({r["speaker_id"] for r in self.rows})
         index = {s: i for i, s in enumerate(self.speakers)}
         self.speaker_index = [index[r["speaker_id"]] for r in self.rows]
+        self._memory: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
 
+    def load_into_memory(self, *, num_workers: int | None = None, progress: bool = True) -> None:
+        """Decode every clip's waveform and face once and serve items from RAM from then on.
+
+        For small sets on few cores: decoding a batch of 64 wav files and PNGs costs 0.1-0.2 s
+        of CPU, which a loader worker otherwise takes from the training step at every step of
+        every epoch. Items stay bitwise those read from disk; waveforms that are exact 16-bit
+        PCM and faces that are exact 8-bit images are kept as int16 and uint8 (SynthVox 2,000
+        speakers: 1.3 GB for the 6,400 train clips of 6 s). Decoding runs in `num_workers`
+        processes (default: one per core, at most 8) and draws nothing from the global RNG.
+        """
+        if self._memory is not None:
+            return
+        workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
+        loader = DataLoader(
+            _Packed(self),
+            batch_size=64,
+            num_workers=workers,
+            collate_fn=list,
+            generator=torch.Generator(),  # worker seeds from here, not from the global RNG
+        )
+        memory: list[tuple[torch.Tensor, torch.Tensor]] = []
+        with tqdm(
+            total=len(self), desc=f"{self.split} clips into memory", disable=not progress
+        ) as bar:
+            for items in loader:
+                memory += items
+                bar.update(len(items))
+        self._memory = memory
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         row = self.rows[i]
-        waveform = self.frontend.load(self.root / row["audio"])  # (S,)
+        if self._memory is None:
+            waveform = self.frontend.load(self.root / row["audio"])  # (S,)
+            face = load_face_tensor(self.root / row["face"], self.image_size)  # (3, H, W)
+        else:
+            waveform, face = map(_unpack, self._memory[i])
         item: dict[str, Any] = {
-            "face": load_face_tensor(self.root / row["face"], self.image_size),  # (3, H, W)
+            "face": face,
             "speaker": self.speaker_index[i],
             "index": i,
             "attributes": {
@@ -69,6 +106,48 @@ class SpeechFaceDataset(Dataset):
         else:
             item["waveform"] = waveform
         return item
+
+
+# Exact integer encodings of the two float tensors of an item: x = q / 32768 for 16-bit PCM
+# audio (libsndfile's float reading) and x = u / 127.5 - 1 for 8-bit faces (`to_tensor`).
+_WAVE_SCALE, _FACE_SCALE = 32768.0, 127.5
+
+
+def _pack(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`x` as int16 audio or uint8 face when that encoding gives it back bitwise, else `x`."""
+    info = torch.iinfo(dtype)
+    if dtype == torch.int16:
+        q = torch.round(x * _WAVE_SCALE)
+    else:
+        q = torch.round((x + 1.0) * _FACE_SCALE)
+    if q.numel() and (q.min() < info.min or q.max() > info.max):
+        return x
+    packed = q.to(dtype)
+    return packed if torch.equal(_unpack(packed), x) else x
+
+
+def _unpack(x: torch.Tensor) -> torch.Tensor:
+    if x.dtype == torch.int16:
+        return x.to(torch.float32) / _WAVE_SCALE
+    if x.dtype == torch.uint8:
+        return x.to(torch.float32) / _FACE_SCALE - 1.0
+    return x
+
+
+class _Packed(Dataset):
+    """(waveform, face) of each clip of a dataset, packed for `load_into_memory`."""
+
+    def __init__(self, dataset: SpeechFaceDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        row, ds = self.dataset.rows[i], self.dataset
+        waveform = ds.frontend.load(ds.root / row["audio"])
+        face = load_face_tensor(ds.root / row["face"], ds.image_size)
+        return _pack(waveform, torch.int16), _pack(face, torch.uint8)
 
 
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:

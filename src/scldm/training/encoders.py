@@ -267,6 +267,8 @@ def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = Fal
     train_ds = SpeechFaceDataset(
         cfg.data.root, "train", frontend=frontend, image_size=cfg.data.image_size
     )
+    if cfg.data.in_memory:
+        train_ds.load_into_memory(progress=accelerator.is_local_main_process)
     sampler = SpeakerBatchSampler(train_ds.speaker_index, cfg.train.batch_size, seed=cfg.train.seed)
     loader = DataLoader(
         train_ds,
@@ -323,6 +325,8 @@ def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = Fal
     )
 
     val_ds = _maybe_split(cfg, frontend, cfg.eval.split)
+    if val_ds is not None and cfg.data.in_memory and accelerator.is_main_process:
+        val_ds.load_into_memory()  # validated every eval_every steps, on the main process
     bar = tqdm(
         total=cfg.train.max_steps,
         initial=state.step,
