@@ -151,11 +151,15 @@ def test_recon_fraction_decodes_part_of_each_batch(data, tmp_path):
     )
 
 
-def test_decoder_lr_is_its_own_learning_rate(data, tmp_path):
-    """decoder_lr equal to face_lr is the same training as none; another value changes the
+def test_autoencoder_lr_is_its_own_learning_rate(data, tmp_path):
+    """autoencoder_lr equal to face_lr is the same training as none; another value changes the
     decoder's weights."""
     two = ["--set", "train.max_steps=2", "--set", "face_lr=0.001"]
-    runs = {"none": [], "same": ["--set", "decoder_lr=0.001"], "own": ["--set", "decoder_lr=0.01"]}
+    runs = {
+        "none": [],
+        "same": ["--set", "autoencoder_lr=0.001"],
+        "own": ["--set", "autoencoder_lr=0.01"],
+    }
     for name, extra in runs.items():
         assert _pretrain(data, tmp_path / name, *two, *extra) == 0
     w = {n: _weights(tmp_path / n / "checkpoints" / "step_0000002") for n in runs}

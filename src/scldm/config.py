@@ -104,7 +104,10 @@ class EncoderStageConfig:
     face_decoder: Mapping[str, Any] = field(default_factory=dict)
     speech_lr: float = 1e-3  # paper: 1e-3 for the speech encoder
     face_lr: float = 1e-4  # paper: 1e-4 for the face encoder and decoder
-    decoder_lr: float | None = None  # the face decoder's own learning rate (None: face_lr)
+    # the face autoencoder's own learning rate: the face encoder's layers up to the latent and
+    # the decoder; face_lr then drives only the layers from the latent to the embedding.
+    # None: face_lr for the whole face side, as the paper
+    autoencoder_lr: float | None = None
     # train on a random window of this many seconds of each clip's segment (None: the whole
     # segment). Validation, the probes, stage 2 and inference still see the front end's full
     # segment: the speech encoder averages over time, so it takes any length.

@@ -46,6 +46,18 @@ def test_face_encoder_and_decoder_shapes(batch, size):
     assert torch.equal(encoder.embed(out.latents), out.embedding)
 
 
+def test_latent_and_embedding_layers_split_the_encoder_and_the_latent_path_is_encode():
+    encoder = FaceEncoder(**FACE_ENCODER_PRESETS["tiny"])
+    latent, embedding = encoder.latent_layers(), encoder.embedding_layers()
+    ids = [id(p) for part in (latent, embedding) for p in part.parameters()]
+    assert sorted(ids) == sorted(id(p) for p in encoder.parameters())  # each exactly once
+    face = faces(2)
+    out = encoder(face)
+    (out.latents.sum()).backward()  # the latent depends on the latent layers only
+    assert all(p.grad is not None for p in latent.parameters())
+    assert all(p.grad is None for p in embedding.parameters())
+
+
 def test_face_encoder_rejects_sizes_not_multiple_of_32():
     with pytest.raises(ValueError, match="multiples of 32"):
         FaceEncoder(**FACE_ENCODER_PRESETS["tiny"]).encode(faces(1, 48, 48))

@@ -147,6 +147,14 @@ class FaceEncoder(ModelMixin, ConfigMixin):
         x = torch.relu(self.fc7(torch.relu(self.fc6(x))))
         return self.proj(x)
 
+    def latent_layers(self) -> nn.ModuleList:
+        """The layers from the image to the latent: the encoder half of the face autoencoder."""
+        return nn.ModuleList([self.latent_blocks, self.to_latent])
+
+    def embedding_layers(self) -> nn.ModuleList:
+        """The layers from the latent to the embedding (the contrastive side)."""
+        return nn.ModuleList([self.from_latent, self.embed_blocks, self.fc6, self.fc7, self.proj])
+
     def forward(self, face: torch.Tensor) -> FaceEncoderOutput:
         """face: (B, 3, H, W) in [-1, 1] → `FaceEncoderOutput` (latents, embedding)."""
         latents = self.encode(face)

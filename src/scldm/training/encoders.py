@@ -281,14 +281,14 @@ def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = Fal
     # channels-last convolutions: 20-35 % faster on CPU (oneDNN) for the speech encoder and
     # the decoder, and the layout tensor cores want on GPU (benchmarks/results/pretrain_cpu.md)
     model = build_model(cfg).to(memory_format=torch.channels_last)
-    if cfg.decoder_lr is None:  # one group for the face side, as the paper
+    face_encoder = model.face_encoder
+    if cfg.autoencoder_lr is None:  # one group for the face side, as the paper
+        face = {"face": (torch.nn.ModuleList([face_encoder, model.face_decoder]), cfg.face_lr)}
+    else:  # the embedding head apart from the autoencoder (image -> latent -> image)
+        autoencoder = [face_encoder.latent_layers(), model.face_decoder]
         face = {
-            "face": (torch.nn.ModuleList([model.face_encoder, model.face_decoder]), cfg.face_lr)
-        }
-    else:
-        face = {
-            "face": (model.face_encoder, cfg.face_lr),
-            "decoder": (model.face_decoder, cfg.decoder_lr),
+            "face": (face_encoder.embedding_layers(), cfg.face_lr),
+            "autoencoder": (torch.nn.ModuleList(autoencoder), cfg.autoencoder_lr),
         }
     groups = param_groups(
         {
