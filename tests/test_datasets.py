@@ -13,6 +13,7 @@ from conftest import face_image, tone, write_wav
 from scldm.audio import SpectrogramFrontend
 from scldm.data.datasets import SpeakerBatchSampler, SpeechFaceDataset, collate
 from scldm.data.manifest import write_manifest
+from scldm.errors import InputError
 from scldm.faces import save_image
 
 
@@ -74,6 +75,13 @@ def test_items_from_memory_are_the_items_from_disk(prepared, workers):
         b = ram[i]
         assert torch.equal(a["waveform"], b["waveform"]) and torch.equal(a["face"], b["face"])
         assert (a["speaker"], a["attributes"]) == (b["speaker"], b["attributes"])
+
+
+def test_a_corrupt_clip_loading_into_memory_is_an_input_error_naming_it(prepared):
+    (prepared / "audio/spk2/1.wav").write_bytes(b"not a wav file at all")
+    ds = SpeechFaceDataset(prepared, "train", frontend=SpectrogramFrontend(segment_seconds=1.0))
+    with pytest.raises(InputError, match=r"spk2/1\.wav"):
+        ds.load_into_memory(num_workers=2, progress=False)
 
 
 def test_loader_batches_with_the_sampler(prepared):

@@ -7,6 +7,7 @@ import os
 import random
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,9 @@ class SpeechFaceDataset(Dataset):
             total=len(self), desc=f"{self.split} clips into memory", disable=not progress
         ) as bar:
             for items in loader:
+                for item in items:
+                    if isinstance(item, _Unreadable):  # raised here: one line, not a worker's
+                        raise InputError(item.path, item.problem)
                 memory += items
                 bar.update(len(items))
         self._memory = memory
@@ -143,11 +147,22 @@ class _Packed(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor] | _Unreadable:
         row, ds = self.dataset.rows[i], self.dataset
-        waveform = ds.frontend.load(ds.root / row["audio"])
-        face = load_face_tensor(ds.root / row["face"], ds.image_size)
+        try:
+            waveform = ds.frontend.load(ds.root / row["audio"])
+            face = load_face_tensor(ds.root / row["face"], ds.image_size)
+        except InputError as e:
+            return _Unreadable(e.path, e.problem)
         return _pack(waveform, torch.int16), _pack(face, torch.uint8)
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    """A file a loader worker could not read, passed back to raise `InputError` in the caller."""
+
+    path: str | None
+    problem: str
 
 
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
