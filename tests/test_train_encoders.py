@@ -86,6 +86,20 @@ def test_pretrain_writes_a_complete_run(data, tmp_path, capsys):
         assert torch.equal(value, ema[f"speech_encoder.{key}"].to(value.dtype)), key
 
 
+def _two_steps(data: Path, tmp_path: Path, runs: dict[str, list[str]], *common: str) -> dict:
+    """Train 2 steps for each named list of extra arguments; their step-2 weights by name."""
+    for name, extra in runs.items():
+        assert _pretrain(data, tmp_path / name, "--set", "train.max_steps=2", *common, *extra) == 0
+    return {n: _weights(tmp_path / n / "checkpoints" / "step_0000002") for n in runs}
+
+
+def _differs(a: dict, b: dict, prefix: str = "") -> bool:
+    """Whether any model weight whose name starts with `prefix` differs between two runs."""
+    keys = [k for k in a["model"] if k.startswith(prefix)]
+    assert keys, prefix
+    return any(not torch.equal(a["model"][k], b["model"][k]) for k in keys)
+
+
 def test_same_seed_gives_bitwise_identical_weights(data, tmp_path):
     for name in ("a", "b"):
         assert _pretrain(data, tmp_path / name, "--set", "train.max_steps=2") == 0
@@ -119,15 +133,11 @@ def test_resume_rejects_a_folder_that_is_not_a_checkpoint(data, tmp_path, capsys
 
 
 def test_training_windows_are_random_crops_and_the_export_keeps_the_whole_segment(data, tmp_path):
-    two = ["--set", "train.max_steps=2"]
-    runs = {"none": "null", "whole": "0.5", "window": "0.4"}  # tiny: 0.5 s segments
-    for name, crop in runs.items():
-        assert _pretrain(data, tmp_path / name, *two, "--set", f"train_crop_seconds={crop}") == 0
-    w = {n: _weights(tmp_path / n / "checkpoints" / "step_0000002") for n in runs}
+    crops = {"none": "null", "whole": "0.5", "window": "0.4"}  # tiny: 0.5 s segments
+    runs = {name: ["--set", f"train_crop_seconds={crop}"] for name, crop in crops.items()}
+    w = _two_steps(data, tmp_path, runs)
     _assert_equal(w["none"], w["whole"])  # a window as long as the segment is no crop at all
-    assert any(
-        not torch.equal(w["none"]["model"][k], w["window"]["model"][k]) for k in w["none"]["model"]
-    )
+    assert _differs(w["none"], w["window"])
     frontend = SpectrogramFrontend.from_pretrained(tmp_path / "window" / "export" / "frontend")
     assert frontend.config.segment_seconds == 0.5  # inference embeds the whole segment
 
@@ -135,47 +145,34 @@ def test_training_windows_are_random_crops_and_the_export_keeps_the_whole_segmen
 def test_recon_fraction_decodes_part_of_each_batch(data, tmp_path):
     """1.0 is the default (every face); 0.5 trains the decoder on half of each batch, which
     changes the weights."""
-    two = ["--set", "train.max_steps=2"]
     runs = {
         "default": [],
         "all": ["--set", "recon_fraction=1.0"],
         "half": ["--set", "recon_fraction=0.5"],
     }
-    for name, extra in runs.items():
-        assert _pretrain(data, tmp_path / name, *two, *extra) == 0
-    w = {n: _weights(tmp_path / n / "checkpoints" / "step_0000002") for n in runs}
+    w = _two_steps(data, tmp_path, runs)
     _assert_equal(w["default"], w["all"])
-    decoder = [k for k in w["default"]["model"] if k.startswith("face_decoder.")]
-    assert decoder and any(
-        not torch.equal(w["default"]["model"][k], w["half"]["model"][k]) for k in decoder
-    )
+    assert _differs(w["default"], w["half"], "face_decoder.")
 
 
 def test_autoencoder_lr_is_its_own_learning_rate(data, tmp_path):
     """autoencoder_lr equal to face_lr is the same training as none; another value changes the
     decoder's weights."""
-    two = ["--set", "train.max_steps=2", "--set", "face_lr=0.001"]
     runs = {
         "none": [],
         "same": ["--set", "autoencoder_lr=0.001"],
         "own": ["--set", "autoencoder_lr=0.01"],
     }
-    for name, extra in runs.items():
-        assert _pretrain(data, tmp_path / name, *two, *extra) == 0
-    w = {n: _weights(tmp_path / n / "checkpoints" / "step_0000002") for n in runs}
+    w = _two_steps(data, tmp_path, runs, "--set", "face_lr=0.001")
     for key in w["none"]["model"]:
         torch.testing.assert_close(w["same"]["model"][key], w["none"]["model"][key])
-    decoder = [k for k in w["none"]["model"] if k.startswith("face_decoder.")]
-    assert any(not torch.equal(w["none"]["model"][k], w["own"]["model"][k]) for k in decoder)
+    assert _differs(w["none"], w["own"], "face_decoder.")
 
 
 def test_training_from_memory_is_training_from_disk(data, tmp_path):
     """data.in_memory decodes the clips once up front; the training is bitwise the same."""
-    two = ["--set", "train.max_steps=2"]
-    assert _pretrain(data, tmp_path / "disk", *two) == 0
-    assert _pretrain(data, tmp_path / "ram", *two, "--set", "data.in_memory=true") == 0
-    step = Path("checkpoints") / "step_0000002"
-    _assert_equal(_weights(tmp_path / "disk" / step), _weights(tmp_path / "ram" / step))
+    w = _two_steps(data, tmp_path, {"disk": [], "ram": ["--set", "data.in_memory=true"]})
+    _assert_equal(w["disk"], w["ram"])
 
 
 @pytest.mark.parametrize("fraction", ["0", "1.5"])
