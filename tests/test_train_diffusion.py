@@ -4,9 +4,12 @@ pipeline, `scldm generate`, and cache reuse across runs."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
+import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from scldm.cli import main
 from scldm.diffusion.pipeline import SpeechToFacePipeline
@@ -61,3 +64,27 @@ def test_generate_rejects_bad_input(tiny_stage1, tmp_path, capsys):
     assert main(["generate", str(bad), "--model", str(tmp_path), "-o", str(tmp_path / "o")]) == 2
     assert "not a pipeline folder" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_seeded_runs_agree_whether_the_cache_was_built_or_read(tiny_stage1, tmp_path):
+    data, enc = tiny_stage1
+    fresh = tmp_path / "enc"  # a stage-1 run without caches, so the first run builds them
+    shutil.copytree(enc / "export", fresh / "export")
+    unets = []
+    for name in ("built", "read"):
+        argv = [
+            "train",
+            "--encoders",
+            str(fresh),
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / name),
+        ]
+        assert main([*argv, "--config", "tiny", "--set", "train.max_steps=2"]) == 0
+        unets.append(
+            load_file(tmp_path / name / "pipeline/unet/diffusion_pytorch_model.safetensors")
+        )
+    assert "reusing the latent cache" in (tmp_path / "read" / "log.txt").read_text()
+    for k, v in unets[0].items():
+        assert torch.equal(v, unets[1][k]), k

@@ -174,6 +174,7 @@ def train(
     loader = DataLoader(
         dataset, batch_sampler=BatchSampler(sampler, cfg.train.batch_size, drop_last=True)
     )
+    set_seed(cfg.train.seed)  # the same draws whether this run built the caches or read them
     unet = build_unet(cfg.unet)
     noise_scheduler = DDPMScheduler(**cfg.scheduler)
     optimizer = torch.optim.AdamW(
