@@ -32,11 +32,17 @@ def test_train_then_generate(tiny_stage1, tmp_path, capsys):
     assert pipe.face_decoder.config.scaling_factor != 1.0  # the training latents' scale
     assert pipe.prior.latent.abs().sum() > 0 and pipe.prior.config.lambda_infer == 0.01
 
-    # a second stage-2 run reuses the latent cache of the first
+    # a second stage-2 run reuses the latent cache of the first; with decoder.steps it ships a
+    # refined decoder in place of the stage-1 one
     again = tmp_path / "ldm2"
     argv = ["train", "--encoders", str(enc), "--data", str(data), "--out", str(again)]
-    assert main([*argv, "--config", "tiny", "--set", "train.max_steps=1"]) == 0
-    assert "reusing the latent cache" in (again / "log.txt").read_text()
+    argv += ["--config", "tiny", "--set", "train.max_steps=1", "--set", "decoder.steps=2"]
+    assert main(argv) == 0
+    log = (again / "log.txt").read_text()
+    assert "reusing the latent cache" in log and "refined the face decoder" in log
+    refined = SpeechToFacePipeline.from_pretrained(again / "pipeline").face_decoder
+    assert refined.config.scaling_factor == pipe.face_decoder.config.scaling_factor
+    assert not torch.equal(refined.conv_out.weight, pipe.face_decoder.conv_out.weight)
     capsys.readouterr()
 
     voices = sorted((data / "audio").glob("*/0.wav"))[:2]

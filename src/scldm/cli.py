@@ -189,7 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stage 2 of SCLDM (paper eq. 2, 4-6) on cached latents of the frozen "
         "stage-1 encoders. Writes RUN/config.yaml, log.txt, scalars.jsonl, curves.png, "
         "samples/ (true face | generated faces for fixed validation voices and seeds), "
-        "checkpoints/ and RUN/pipeline/ (a SpeechToFacePipeline for `scldm generate`).",
+        "checkpoints/ and RUN/pipeline/ (a SpeechToFacePipeline for `scldm generate`). With "
+        "decoder.steps > 0 (the small preset: 600) it first refines the stage-1 face decoder "
+        "on the frozen latents and ships that one; the refined decoder is kept in "
+        "ENCODERS/cache/decoder-KEY/ and reused by later runs with the same settings.",
     )
     tra.add_argument("--encoders", type=Path, required=True, help="a `scldm pretrain` run")
     tra.add_argument("--data", type=Path, required=True, help="the prepared dataset")

@@ -87,6 +87,17 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class DecoderRefineConfig:
+    """Stage 2's refinement of the stage-1 face decoder on the frozen encoder's latents of the
+    training faces (L1, AdamW, warmup then cosine to 0), before the UNet trains. 0 steps: the
+    stage-1 decoder as it is. The encoders, the latents and so the cache and prior are untouched."""
+
+    steps: int = 0
+    lr: float = 1e-3
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
 class EncoderStageConfig:
     """Stage 1: contrastive pre-training of the speech and face encoders and the face decoder.
 
@@ -155,6 +166,7 @@ class DiffusionStageConfig:
     num_inference_steps: int = 25
     guidance_scale: float = DEFAULT_GUIDANCE
     images_per_voice: int = 4  # generated faces per validation voice in the grids
+    decoder: DecoderRefineConfig = field(default_factory=DecoderRefineConfig)
 
 
 # --- Loading ---------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ the same loop conventions as stage 1 (STYLE.md §4.7)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from collections import defaultdict
@@ -39,6 +40,7 @@ from scldm.training.common import (
     setup_run,
     write_meta,
 )
+from scldm.training.decoder import refined_decoder
 from scldm.training.latents import (
     Encoders,
     LatentCache,
@@ -158,6 +160,10 @@ def train(
         except InputError:
             val_cache = None
         prior, scale = prior_for(encoders, cache, cfg.prior_faces)
+        decoder = refined_decoder(
+            encoders, cache, cfg.decoder, cfg.data.root, val_cache, device=device
+        )
+    encoders = dataclasses.replace(encoders, face_decoder=decoder)  # for the grids and export
     latents = cache.latents.float() * scale
     log.info(
         "stage 2: %d cached clips, latents %s (scale %.4f), tokens %s, λ_train %g",

@@ -1,0 +1,85 @@
+"""Stage 2's refinement of the face decoder on frozen latents: it learns, it is deterministic,
+it leaves its input alone, and it is saved once and reused by key."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from scldm.config import DecoderRefineConfig
+from scldm.data.manifest import read_manifest
+from scldm.faces import load_face_tensor
+from scldm.training.decoder import refine, refine_key, refined_decoder, unique_faces
+from scldm.training.latents import build_cache, load_encoders
+
+
+@pytest.fixture
+def setup(tiny_stage1):
+    data, run = tiny_stage1
+    encoders = load_encoders(run)
+    return data, encoders, build_cache(encoders, data, "train")
+
+
+def _l1(decoder, latents, faces) -> float:
+    with torch.no_grad():
+        return (decoder(latents) - (faces.float() / 127.5 - 1)).abs().mean().item()
+
+
+def test_unique_faces_pairs_each_image_with_its_latent(setup):
+    data, encoders, cache = setup
+    latents, faces = unique_faces(cache, data, encoders.image_size)
+    names = {r["face"] for r in read_manifest(data, split="train")}
+    assert len(latents) == len(faces) == len(names) and faces.dtype == torch.uint8
+    first = cache.rows[int(cache.tensors["row"][0])]["face"]
+    # uint8 holds the 8-bit image exactly
+    exact = load_face_tensor(data / first, encoders.image_size)
+    torch.testing.assert_close(faces[0].float() / 127.5 - 1, exact, atol=1e-6, rtol=0)
+    torch.testing.assert_close(latents[0], cache.latents[0].float())
+
+
+def test_refine_learns_and_is_deterministic(setup):
+    data, encoders, cache = setup
+    latents, faces = unique_faces(cache, data, encoders.image_size)
+    before = {k: v.clone() for k, v in encoders.face_decoder.state_dict().items()}
+    cfg = DecoderRefineConfig(steps=40, lr=1e-2, batch_size=16)
+    a = refine(encoders.face_decoder, latents, faces, cfg, progress=False)
+    b = refine(encoders.face_decoder, latents, faces, cfg, progress=False)
+    assert _l1(a, latents, faces) < 0.9 * _l1(encoders.face_decoder, latents, faces)
+    assert not a.training and not any(p.requires_grad for p in a.parameters())
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+    # the stage-1 decoder itself is untouched
+    for k, v in encoders.face_decoder.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_refined_decoder_is_saved_once_and_keyed_by_settings(setup):
+    data, encoders, cache = setup
+    assert refined_decoder(encoders, cache, DecoderRefineConfig(steps=0), data) is (
+        encoders.face_decoder
+    )
+    exported = (encoders.path / "face_decoder" / "diffusion_pytorch_model.safetensors").read_bytes()
+    cfg = DecoderRefineConfig(steps=3, batch_size=8)
+    val = build_cache(encoders, data, "val")
+    cached = lambda: set((encoders.path.parent / "cache").glob("decoder-*"))  # noqa: E731
+    existing = cached()  # the fixture is shared: other tests may have refined already
+    first = refined_decoder(encoders, cache, cfg, data, val)
+    folders = sorted(cached() - existing)
+    assert folders == [
+        encoders.path.parent / "cache" / f"decoder-{refine_key(encoders, cache, cfg)}"
+    ]
+    info = json.loads((folders[0] / "refine.json").read_text())
+    assert info["steps"] == 3 and {"val_psnr_before", "val_psnr_after"} <= info.keys()
+    stamp = (folders[0] / "refine.json").stat().st_mtime_ns
+    again = refined_decoder(encoders, cache, cfg, data, val)
+    assert (folders[0] / "refine.json").stat().st_mtime_ns == stamp  # read, not retrained
+    for k, v in first.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k
+    refined_decoder(encoders, cache, DecoderRefineConfig(steps=3, batch_size=8, lr=2e-3), data)
+    assert len(cached() - existing) == 2
+    # the stage-1 export is never rewritten
+    assert (
+        encoders.path / "face_decoder" / "diffusion_pytorch_model.safetensors"
+    ).read_bytes() == exported
