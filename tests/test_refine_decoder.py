@@ -10,6 +10,7 @@ import torch
 
 from scldm.config import DecoderRefineConfig
 from scldm.data.manifest import read_manifest
+from scldm.errors import InputError
 from scldm.faces import load_face_tensor
 from scldm.training.decoder import refine, refine_key, refined_decoder, unique_faces
 from scldm.training.latents import build_cache, load_encoders
@@ -57,6 +58,8 @@ def test_refine_learns_and_is_deterministic(setup):
 
 def test_refined_decoder_is_saved_once_and_keyed_by_settings(setup):
     data, encoders, cache = setup
+    with pytest.raises(InputError, match="decoder: steps"):
+        refined_decoder(encoders, cache, DecoderRefineConfig(steps=-1), data)
     assert refined_decoder(encoders, cache, DecoderRefineConfig(steps=0), data) is (
         encoders.face_decoder
     )

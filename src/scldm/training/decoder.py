@@ -27,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from scldm.config import DecoderRefineConfig, OptimConfig
+from scldm.errors import InputError
 from scldm.evaluation.metrics import psnr
 from scldm.faces import load_face_tensor
 from scldm.models import FaceDecoder
@@ -34,6 +35,7 @@ from scldm.training.common import lr_at
 from scldm.training.latents import Encoders, LatentCache
 
 log = logging.getLogger("scldm.train")
+VAL_FACES = 256  # validation faces decoded for refine.json's PSNR, in one batch
 
 
 def unique_faces(cache: LatentCache, root: str | Path, image_size: int):
@@ -105,8 +107,11 @@ def refined_decoder(
 ) -> FaceDecoder:
     """The decoder stage 2 ships: the stage-1 one when `cfg.steps` is 0, otherwise its
     refinement on the training faces, read from the run's cache or made and saved there (with
-    refine.json: the settings, the time and the validation PSNR before and after)."""
-    if cfg.steps <= 0:
+    refine.json: the settings, the time and the PSNR before and after on up to `VAL_FACES`
+    validation faces)."""
+    if cfg.steps < 0 or cfg.batch_size < 1 or cfg.lr <= 0:
+        raise InputError(None, f"decoder: steps ≥ 0, batch_size ≥ 1 and lr > 0 needed, got {cfg}")
+    if cfg.steps == 0:
         return encoders.face_decoder
     path = encoders.path.parent / "cache" / f"decoder-{refine_key(encoders, cache, cfg)}"
     if (path / "refine.json").is_file():
@@ -119,7 +124,7 @@ def refined_decoder(
     info["seconds"] = round(time.perf_counter() - tick, 1)
     if val_cache is not None:
         z, x = unique_faces(val_cache, root, encoders.image_size)
-        x = x.float() / 127.5 - 1
+        z, x = z[:VAL_FACES], x[:VAL_FACES].float() / 127.5 - 1
         with torch.no_grad():
             info["val_psnr_before"] = round(psnr(encoders.face_decoder(z), x), 2)
             info["val_psnr_after"] = round(psnr(decoder(z), x), 2)
