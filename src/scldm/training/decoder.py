@@ -31,8 +31,8 @@ from scldm.errors import InputError
 from scldm.evaluation.metrics import psnr
 from scldm.faces import load_face_tensor
 from scldm.models import FaceDecoder
-from scldm.training.common import lr_at
-from scldm.training.latents import Encoders, LatentCache
+from scldm.training.common import lr_at, set_lr
+from scldm.training.latents import Encoders, LatentCache, digest_parts
 
 log = logging.getLogger("scldm.train")
 VAL_FACES = 256  # validation faces decoded for refine.json's PSNR, in one batch
@@ -71,14 +71,15 @@ def refine(
         lr=cfg.lr, warmup_steps=min(50, cfg.steps // 10), min_lr_ratio=0.0, weight_decay=0.01
     )
     opt = torch.optim.AdamW(decoder.parameters(), lr=cfg.lr, weight_decay=optim.weight_decay)
+    for group in opt.param_groups:
+        group["base_lr"] = cfg.lr
     g = torch.Generator().manual_seed(seed)
     bar = tqdm(range(cfg.steps), desc="refining the face decoder", disable=not progress or None)
     for step in bar:
         idx = torch.randint(len(latents), (min(cfg.batch_size, len(latents)),), generator=g)
         target = faces[idx].to(device).float() / 127.5 - 1
         loss = (decoder(latents[idx].to(device)) - target).abs().mean()
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * lr_at(step, optim, cfg.steps)
+        set_lr(opt, lr_at(step, optim, cfg.steps))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -90,9 +91,7 @@ def refine(
 def refine_key(encoders: Encoders, cache: LatentCache, cfg: DecoderRefineConfig) -> str:
     """16 hex digits over the stage-1 decoder, the training cache and the settings."""
     h = hashlib.sha256()
-    for file in sorted((encoders.path / "face_decoder").glob("*")):
-        if file.name != "scldm_meta.json":
-            h.update(file.read_bytes())
+    digest_parts(encoders, ("face_decoder",), h)
     h.update(f"{cache.path.name}|{cfg.steps}|{cfg.lr}|{cfg.batch_size}".encode())
     return h.hexdigest()[:16]
 

@@ -82,13 +82,18 @@ def _file_digest(path: Path, h: Any) -> None:
             h.update(block)
 
 
-def cache_key(encoders: Encoders, data: Path, split: str) -> str:
-    """16 hex digits over everything a cached row depends on."""
-    h = hashlib.sha256()
-    for part in ("frontend", "speech_encoder", "face_encoder"):
+def digest_parts(encoders: Encoders, parts: tuple[str, ...], h: Any) -> None:
+    """Feed the weights and configs of these export parts (not their run metadata) into `h`."""
+    for part in parts:
         for file in sorted((encoders.path / part).glob("*")):
             if file.name != "scldm_meta.json":
                 _file_digest(file, h)
+
+
+def cache_key(encoders: Encoders, data: Path, split: str) -> str:
+    """16 hex digits over everything a cached row depends on."""
+    h = hashlib.sha256()
+    digest_parts(encoders, ("frontend", "speech_encoder", "face_encoder"), h)
     _file_digest(data / MANIFEST_NAME, h)
     h.update(f"{split}|{encoders.image_size}".encode())
     return h.hexdigest()[:16]
