@@ -66,9 +66,10 @@ bench: install
 	$(PY) benchmarks/pretrain.py
 	@if [ -f $(DEMO)/ldm/pipeline/model_index.json ]; then \
 	  $(PY) benchmarks/stage2_train.py --encoders $(DEMO)/encoders --data $(DEMO)/data && \
+	  $(PY) benchmarks/decoder_refine.py --encoders $(DEMO)/encoders --data $(DEMO)/data && \
 	  $(PY) benchmarks/sampling.py --model $(DEMO)/ldm/pipeline --data $(DEMO)/data \
 	    --oracle $(DEMO)/oracle; \
-	else echo "bench: stage2_train.py and sampling.py need the runs of 'make demo' in $(DEMO)"; fi
+	else echo "bench: stage2_train.py, decoder_refine.py and sampling.py need the runs of 'make demo' in $(DEMO)"; fi
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info

@@ -1,0 +1,104 @@
+"""Cost of stage 2's face-decoder refinement (`decoder.steps` of the stage-2 config).
+
+    python benchmarks/decoder_refine.py --encoders runs/enc --data data/sv2k
+    python benchmarks/decoder_refine.py --encoders ... --data ... --config base --device cuda
+
+Loads the training faces and their cached latents as `scldm train` does (`unique_faces`, the
+cache built now if the stage-1 run has none), then times `--steps` steps of `refine` after 3
+warm-up steps. Reports s/step, the projected time of the preset's `decoder.steps`, the faces held
+in memory and the process's peak memory (max RSS on CPU, `max_memory_allocated` on a GPU).
+Writes benchmarks/results/decoder_refine_<device>.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--encoders", type=Path, required=True, help="a `scldm pretrain` run")
+    p.add_argument("--data", type=Path, required=True, help="the prepared dataset")
+    p.add_argument("--config", default="small", help="stage-2 preset or YAML (default: small)")
+    p.add_argument("--steps", type=int, default=30, help="timed steps (default: 30)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--out", type=Path, help="default: benchmarks/results/decoder_refine_<device>.md"
+    )
+    args = p.parse_args()
+
+    import torch
+
+    from scldm.config import DiffusionStageConfig, load_config
+    from scldm.training.decoder import refine, unique_faces
+    from scldm.training.latents import build_cache, load_encoders
+
+    cfg = load_config(DiffusionStageConfig, args.config, stage="train")
+    encoders = load_encoders(args.encoders)
+    cache = build_cache(encoders, args.data, "train")
+    tick = time.perf_counter()
+    latents, faces = unique_faces(cache, args.data, encoders.image_size)
+    load_s = time.perf_counter() - tick
+    cuda = args.device.startswith("cuda")
+
+    def run(steps: int) -> float:
+        settings = dataclasses.replace(cfg.decoder, steps=steps)
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        refine(encoders.face_decoder, latents, faces, settings, device=args.device, progress=False)
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    run(3)  # warm-up
+    per_step = run(args.steps) / args.steps
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if cuda
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
+    preset_steps = cfg.decoder.steps
+    device = "cuda" if cuda else "cpu"
+    text = "\n".join(
+        [
+            f"# Stage-2 face-decoder refinement ({device})",
+            "",
+            f"{platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch "
+            f"threads; 1-minute load average {os.getloadavg()[0]:.2f} at the end. Preset "
+            f"`{args.config}` (decoder.steps {preset_steps}, batch {cfg.decoder.batch_size}); "
+            f"stage 1 `{args.encoders}`, {len(faces)} distinct training faces of "
+            f"{encoders.image_size} px from `{args.data}`; {args.steps} timed steps after 3 "
+            "warm-up steps.",
+            "",
+            "| s/step | samples/s | preset's steps | projected time | faces in memory "
+            "| loading them | peak memory |",
+            "|---:|---:|---:|---:|---:|---:|---:|",
+            f"| {per_step:.3f} | {cfg.decoder.batch_size / per_step:.1f} | {preset_steps} "
+            f"| {per_step * preset_steps / 60:.1f} min | "
+            f"{faces.numel() / 2**20:.0f} MiB (uint8) | {load_s:.1f} s | {peak:.0f} MiB |",
+            "",
+            "The refined decoder is saved in the stage-1 run's cache and reused: later stage-2 "
+            "runs with the same stage 1 and settings pay none of this.",
+            "",
+        ]
+    )
+    print(text)
+    out = args.out or RESULTS / f"decoder_refine_{device}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, out)
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
