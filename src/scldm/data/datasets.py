@@ -77,23 +77,36 @@ class SpeechFaceDataset(Dataset):
             collate_fn=list,
             generator=torch.Generator(),  # worker seeds from here, not from the global RNG
         )
-        memory: list[tuple[torch.Tensor, torch.Tensor]] = []
+        memory: list[tuple[torch.Tensor, torch.Tensor] | _Unreadable] = []
         with tqdm(
             total=len(self), desc=f"{self.split} clips into memory", disable=not progress
         ) as bar:
             for items in loader:
-                for item in items:
-                    if isinstance(item, _Unreadable):  # raised here: one line, not a worker's
-                        raise InputError(item.path, item.problem)
                 memory += items
                 bar.update(len(items))
+        unreadable = [item for item in memory if isinstance(item, _Unreadable)]
+        if len(unreadable) == len(memory):
+            raise InputError(self.root, f"no readable clip in split {self.split!r}")
+        if unreadable:  # kept in place (indices stay rows) and skipped by `collate`
+            first = unreadable[0]
+            log.warning(
+                "%d of %d %s clips are unreadable and will be skipped (first: %s: %s)",
+                len(unreadable), len(memory), self.split, first.path, first.problem,
+            )  # fmt: skip
         self._memory = memory
 
-    def __getitem__(self, i: int) -> dict[str, Any]:
+    def __getitem__(self, i: int) -> dict[str, Any] | _Unreadable:
+        """The clip's item, or an `_Unreadable` (which `collate` drops and counts) when its
+        audio or face can no longer be read."""
         row = self.rows[i]
         if self._memory is None:
-            waveform = self.frontend.load(self.root / row["audio"])  # (S,)
-            face = load_face_tensor(self.root / row["face"], self.image_size)  # (3, H, W)
+            try:
+                waveform = self.frontend.load(self.root / row["audio"])  # (S,)
+                face = load_face_tensor(self.root / row["face"], self.image_size)  # (3, H, W)
+            except InputError as e:
+                return _Unreadable(e.path, e.problem)
+        elif isinstance(self._memory[i], _Unreadable):
+            return self._memory[i]
         else:
             waveform, face = map(_unpack, self._memory[i])
         item: dict[str, Any] = {
@@ -159,14 +172,30 @@ class _Packed(Dataset):
 
 @dataclass(frozen=True)
 class _Unreadable:
-    """A file a loader worker could not read, passed back to raise `InputError` in the caller."""
+    """A clip whose audio or face could not be read: an item `collate` drops and counts."""
 
     path: str | None
     problem: str
 
 
-def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack tensors, turn speaker/index into LongTensors and keep attributes as a list."""
+_skipped: set[str | None] = set()  # unreadable files this process has warned about
+
+
+def collate(batch: Sequence[dict[str, Any] | _Unreadable]) -> dict[str, Any] | None:
+    """Stack tensors, turn speaker/index into LongTensors and keep attributes as a list.
+
+    Unreadable clips (a file damaged or removed after `scldm prepare`) are left out of the
+    batch, each logged once as a warning with the running count; a batch with nothing readable
+    is None, which the training and encoding loops skip.
+    """
+    items = [it for it in batch if not isinstance(it, _Unreadable)]
+    for it in batch:
+        if isinstance(it, _Unreadable) and it.path not in _skipped:
+            _skipped.add(it.path)
+            log.warning("skipping unreadable clip %s: %s (%d so far)", it.path, it.problem,
+                        len(_skipped))  # fmt: skip
+    if not items:
+        return None
     out: dict[str, Any] = {"attributes": [it["attributes"] for it in items]}
     for key in ("waveform", "spectrogram", "face"):
         if key in items[0]:

@@ -127,6 +127,8 @@ def embed_split(
         worker_init_fn=background_worker,
     )
     for batch in loader:
+        if batch is None:  # every clip of it unreadable (logged by `collate`)
+            continue
         if speech_only:
             spectrogram = frontend(batch["waveform"].to(device))
             out["speech"].append(model.speech_encoder(spectrogram).embedding.float().cpu())
@@ -339,6 +341,8 @@ def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = Fal
     for batch in batch_stream(loader, sampler, state.step, accelerator):
         if state.step >= cfg.train.max_steps:
             break
+        if batch is None:  # every clip of it unreadable (logged by `collate`)
+            continue
         with accelerator.accumulate(model):
             wave = batch["waveform"]
             if crop is not None:  # seeded by (seed, step, rank): resumable without saved state

@@ -131,12 +131,16 @@ def _encode_split(
         k: [] for k in ("latents", "tokens", "speech_embedding", "speaker", "row")
     }
     for batch in tqdm(loader, desc=f"caching {len(dataset)} clips", unit="batch", disable=None):
+        if batch is None:  # every clip of it unreadable (logged by `collate`); rows say which
+            continue
         speech = encoders.speech_encoder(encoders.frontend(batch["waveform"]))
         out["latents"].append(encoders.face_encoder.encode(batch["face"]))
         out["tokens"].append(speech.tokens)
         out["speech_embedding"].append(speech.embedding)
         out["speaker"].append(batch["speaker"])
         out["row"].append(batch["index"])
+    if not out["row"]:
+        raise InputError(dataset.root, f"no readable clip in split {dataset.split!r}")
     return {k: torch.cat(v).contiguous() for k, v in out.items()}
 
 
