@@ -61,6 +61,14 @@ def test_train_then_generate(tiny_stage1, tmp_path, capsys):
     )
     assert np.array_equal(first, np.asarray(Image.open(tmp_path / "b" / f"{name}_0.png")))
     assert not np.array_equal(first, np.asarray(Image.open(out / f"{name}_1.png")))
+    # a lower temperature gives other faces; a negative one is one line, exit 2, no output
+    cold = ["--num-images", "2", "--steps", "3", "--seed", "5", "--temperature", "0.3"]
+    assert main([*gen, *cold, "-o", str(tmp_path / "c")]) == 0
+    assert not np.array_equal(first, np.asarray(Image.open(tmp_path / "c" / f"{name}_0.png")))
+    capsys.readouterr()
+    assert main([*gen, "--temperature", "-1", "-o", str(tmp_path / "d")]) == 2
+    assert "--temperature must be ≥ 0" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
 
 
 def test_generate_rejects_bad_input(tiny_stage1, tmp_path, capsys):

@@ -26,6 +26,11 @@ PRESET_DIR = Path(__file__).parent / "configs"
 # (4 stage-2 models, 400 test clips) the oracle's gender agreement rose by 4-5 points from 3 to
 # 6 and fell again at 10 (docs/results.md)
 DEFAULT_GUIDANCE = 6.0
+# the scale τ of the starting noise (`sample_latents`) in the same places: on SynthVox's
+# validation voices (two stage-2 seeds) τ 0.7-0.85 put 2-6 more points of ages within ±10
+# years than τ 1, 0.8 the most on average (+5.5 and +3.8); 0 (no noise) lost 5
+# (docs/results.md, "Sampling temperature")
+DEFAULT_TEMPERATURE = 0.8
 C = TypeVar("C")
 
 
@@ -165,6 +170,7 @@ class DiffusionStageConfig:
     sampler: str = "dpm++"  # ddpm | ddim | dpm++ | unipc, for validation and the pipeline
     num_inference_steps: int = 25
     guidance_scale: float = DEFAULT_GUIDANCE
+    temperature: float = DEFAULT_TEMPERATURE  # τ of the starting noise, as `scldm generate`
     images_per_voice: int = 4  # generated faces per validation voice in the grids
     decoder: DecoderRefineConfig = field(default_factory=DecoderRefineConfig)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
@@ -127,9 +128,11 @@ def test_loss_overfits_four_latents():
 # --- sample_latents --------------------------------------------------------------------------
 
 
-def test_sampling_starts_at_prior_mean_and_undoes_the_shift():
+@pytest.mark.parametrize("temperature", [1.0, 0.6, 0.0])
+def test_sampling_starts_at_prior_mean_and_undoes_the_shift(temperature):
     # a UNet predicting ε = 0 with deterministic DDIM: every step rescales the sample,
-    # z_{t'} = √(ᾱ_t' / ᾱ_t)·z_t, so z_0 = z_T / √ᾱ_{T-1} (trailing timesteps, ᾱ_final = 1)
+    # z_{t'} = √(ᾱ_t' / ᾱ_t)·z_t, so z_0 = z_T / √ᾱ_{T-1} (trailing timesteps, ᾱ_final = 1);
+    # the temperature τ scales the starting noise: z̃_T = τ·ε + μ
     unet, scheduler = Recorder(), make_scheduler("ddim")
     n, lam = 2048, 0.5
     _, _, prior = batch()
@@ -137,9 +140,9 @@ def test_sampling_starts_at_prior_mean_and_undoes_the_shift():
     tokens = torch.zeros(n, 1, 2)
     out = sample_latents(
         unet, scheduler, tokens, prior=prior, lam=lam, num_inference_steps=4,
-        generator=torch.Generator().manual_seed(0), latent_shape=SHAPE,
+        generator=torch.Generator().manual_seed(0), latent_shape=SHAPE, temperature=temperature,
     )  # fmt: skip
-    noise = torch.randn((n, *SHAPE), generator=torch.Generator().manual_seed(0))
+    noise = temperature * torch.randn((n, *SHAPE), generator=torch.Generator().manual_seed(0))
     first = unet.samples[0]  # z̃_T, what the UNet sees first
     assert torch.equal(first, noise + mu)
     torch.testing.assert_close(first.mean(0), mu, rtol=0, atol=0.15)  # statistically ≈ μ
@@ -148,8 +151,10 @@ def test_sampling_starts_at_prior_mean_and_undoes_the_shift():
     torch.testing.assert_close(out, noise / abar.sqrt() + mu, rtol=1e-4, atol=1e-4)
     for sample in unet.samples:  # the UNet always sees z_t + μ, z_t ∝ ε
         z_t = sample - mu
-        c = (z_t * noise).sum() / noise.pow(2).sum()
+        c = (z_t * noise).sum() / noise.pow(2).sum().clamp_min(1e-12)
         torch.testing.assert_close(z_t, c * noise, rtol=0, atol=1e-4)
+    if temperature == 0:  # no noise: every sample starts and ends at μ
+        assert torch.equal(out, mu.expand_as(out))
 
 
 def test_guidance_combines_conditional_and_unconditional():

@@ -118,6 +118,9 @@ def test_bad_audio_raises_input_error(pipe, tmp_path: Path):
     for audio in bad:
         with pytest.raises(InputError):
             generate(pipe, audio)
+    for temperature in (-0.5, float("nan")):
+        with pytest.raises(InputError, match="temperature must be ≥ 0"):
+            pipe(np.zeros(8000, np.float32), temperature=temperature)
 
 
 def test_make_scheduler_keeps_the_noise_schedule():

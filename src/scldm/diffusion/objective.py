@@ -108,6 +108,7 @@ def sample_latents(
     lam: float = 0.0,
     num_inference_steps: int,
     guidance_scale: float = 1.0,
+    temperature: float = 1.0,
     generator: torch.Generator | list[torch.Generator] | None = None,
     null_tokens: torch.Tensor | None = None,
     latent_shape: Sequence[int],
@@ -115,9 +116,13 @@ def sample_latents(
     """Sample face latents z_0 (B, C, h, w) for speech tokens (B, N, D) with any diffusers
     scheduler, in the prior-shifted form of `diffusion_loss`.
 
-    Starts at z̃_T = ε·init_noise_sigma + μ, i.e. the scheduler runs on z_t = z̃_t − μ from
-    ε·init_noise_sigma, while the UNet sees `scale_model_input(z_t) + μ`; returns z_0 + μ in the
-    scaled latent space (divide by the codec's scaling_factor before decoding).
+    Starts at z̃_T = τ·ε·init_noise_sigma + μ, i.e. the scheduler runs on z_t = z̃_t − μ from
+    τ·ε·init_noise_sigma, while the UNet sees `scale_model_input(z_t) + μ`; returns z_0 + μ in
+    the scaled latent space (divide by the codec's scaling_factor before decoding).
+    `temperature` τ scales the starting noise only, as Grad-TTS's temperature does for its
+    prior-mean diffusion: τ = 1 is the model's own distribution, τ < 1 trades the spread of the
+    faces for agreement with the voice, τ = 0 starts from μ itself (the noise a stochastic
+    scheduler such as DDPM adds at each step is not scaled).
     With `guidance_scale` g ≠ 1 the conditional and unconditional (`null_tokens`, zeros when
     None) passes run as one batch of 2B and ε = ε_u + g·(ε_c − ε_u); g = 1 runs the
     conditional pass only. `latent_shape` is (C, h, w). `scheduler.set_timesteps` is called,
@@ -134,7 +139,7 @@ def sample_latents(
     scheduler.set_timesteps(num_inference_steps, device=device)
     shape = (batch, *latent_shape)
     z = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
-    z = z * scheduler.init_noise_sigma  # z_T = z̃_T − μ
+    z = z * (scheduler.init_noise_sigma * temperature)  # z_T = z̃_T − μ
     step_kwargs = _step_kwargs(scheduler, generator)
     for t in scheduler.timesteps:
         model_in = scheduler.scale_model_input(z, t) + mu  # z̃_t, what the UNet was trained on

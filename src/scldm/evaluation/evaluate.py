@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from scldm import __version__
-from scldm.config import DEFAULT_GUIDANCE
+from scldm.config import DEFAULT_GUIDANCE, DEFAULT_TEMPERATURE
 from scldm.data.manifest import read_manifest
 from scldm.errors import InputError
 from scldm.evaluation.scoring import (
@@ -68,6 +68,7 @@ class PipelineGenerator:
     steps: int = 25
     guidance: float = DEFAULT_GUIDANCE
     lam: float | None = None
+    temperature: float = DEFAULT_TEMPERATURE
     name: str = "scldm"
 
     @property
@@ -80,6 +81,7 @@ class PipelineGenerator:
             "scheduler": type(self.pipe.scheduler).__name__,
             "num_inference_steps": self.steps,
             "guidance_scale": self.guidance,
+            "temperature": self.temperature,
             "lambda_infer": self.lam
             if self.lam is not None
             else float(self.pipe.prior.config.lambda_infer),
@@ -95,6 +97,7 @@ class PipelineGenerator:
             generator=list(generators),
             output_type="pt",
             lam=self.lam,
+            temperature=self.temperature,
         ).images
         return out * 2 - 1
 

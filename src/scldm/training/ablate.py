@@ -326,6 +326,7 @@ def ablate(
         gen_settings = {
             "num_inference_steps": cfg.num_inference_steps,
             "guidance_scale": cfg.guidance_scale,
+            "temperature": cfg.temperature,
             "lambda_infer": key.lam_infer,
         }
         steps.append(
@@ -398,6 +399,7 @@ def _evaluate(
         steps=cfg.num_inference_steps,
         guidance=cfg.guidance_scale,
         lam=key.lam_infer,
+        temperature=cfg.temperature,
     )
     evaluate(
         generator,

@@ -119,6 +119,7 @@ def sample_grid(
         lam=cfg.lambda_infer,
         num_inference_steps=cfg.num_inference_steps,
         guidance_scale=cfg.guidance_scale,
+        temperature=cfg.temperature,
         generator=torch.Generator(device).manual_seed(0),
         latent_shape=tuple(prior.shape),
     )
