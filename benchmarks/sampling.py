@@ -82,6 +82,7 @@ def measure(args: argparse.Namespace, scheduler: str, steps: int, faces_path: Pa
                 voices,
                 num_inference_steps=num_steps,
                 guidance_scale=args.guidance,
+                temperature=args.temperature,
                 generator=generators,
                 output_type="pt",
             ).images
@@ -179,7 +180,8 @@ def table(args: argparse.Namespace, rows: list[dict], scale: float | None, load:
         f"{where}; Python {platform.python_version()}; 1-minute load average {load:.2f} at the "
         f"start (the cores may have been shared). Pipeline `{args.model}`, {first['voices']} "
         f"test voices of `{args.data}` (one clip each), one face per voice, guidance "
-        f"{args.guidance:g}, voice i drawn with seed {args.seed} + i in every setting.",
+        f"{args.guidance:g}, temperature {args.temperature:g}, voice i drawn with seed "
+        f"{args.seed} + i in every setting.",
         "",
         "s/face (batched): one call for all voices, divided by their number; s/face (batch 1): "
         "one voice alone, median of up to 5 calls. Both include the front end, speech encoder "
@@ -220,6 +222,8 @@ def table(args: argparse.Namespace, rows: list[dict], scale: float | None, load:
 
 
 def main() -> None:
+    from scldm.config import DEFAULT_GUIDANCE, DEFAULT_TEMPERATURE
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -236,7 +240,13 @@ def main() -> None:
     parser.add_argument("--schedulers", default="ddpm,ddim,dpm++,unipc")
     parser.add_argument("--steps", default="10,25,50")
     parser.add_argument("--reference-steps", type=int, default=1000)
-    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=DEFAULT_TEMPERATURE,
+        help="τ of the starting noise, as `scldm generate` (DDPM's per-step noise is not scaled)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--floor",
@@ -288,6 +298,7 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--one", f"{name}:{steps}", "--faces", str(faces_path)]
             cmd += ["--model", str(args.model), "--data", str(args.data)]
             cmd += ["--voices", str(args.voices), "--guidance", str(args.guidance)]
+            cmd += ["--temperature", str(args.temperature)]
             cmd += ["--seed", str(seed), "--device", args.device]
             cmd += ["--bf16"] if args.bf16 else []
             out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True).stdout
