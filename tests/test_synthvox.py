@@ -279,10 +279,25 @@ def test_prepare_is_deterministic_valid_and_speaker_disjoint(tmp_path):
     assert _files(tmp_path / "a") == files
 
 
-def test_prepare_rejects_bad_settings(tmp_path):
-    for bad in ({"speakers": 2}, {"image_size": 16}, {"image_size": 512}, {"clips_per_speaker": 0}):
-        with pytest.raises(InputError):
-            prepare_synthvox(tmp_path / "x", **{"speakers": 4, **bad})
+@pytest.mark.parametrize(
+    ("bad", "problem"),
+    [
+        ({"speakers": 2}, r"--speakers must be at least 3 .*, got 2"),
+        ({"image_size": 16}, r"--image-size must be between 32 and 256, got 16"),
+        ({"image_size": 512}, r"--image-size must be between 32 and 256, got 512"),
+        ({"clips_per_speaker": 0}, r"--clips-per-speaker and --faces-per-speaker .*, got 0, 2"),
+        ({"faces_per_speaker": 0}, r"--clips-per-speaker and --faces-per-speaker .*, got 4, 0"),
+        ({"workers": 0}, r"--workers must be at least 1, got 0"),
+    ],
+    ids=["speakers", "image-small", "image-large", "clips", "faces", "workers"],
+)
+def test_prepare_rejects_bad_settings(tmp_path, bad, problem):
+    with pytest.raises(InputError, match=problem):
+        prepare_synthvox(tmp_path / "x", **{"speakers": 4, **bad})
+    assert not (tmp_path / "x").exists()  # refused before anything is written
+
+
+def test_prepare_refuses_a_folder_made_with_other_settings(tmp_path):
     prepare_synthvox(
         tmp_path / "y", speakers=3, clips_per_speaker=1, faces_per_speaker=1, image_size=32
     )
