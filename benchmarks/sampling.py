@@ -222,7 +222,9 @@ def table(args: argparse.Namespace, rows: list[dict], scale: float | None, load:
 
 
 def main() -> None:
-    from scldm.config import DEFAULT_GUIDANCE, DEFAULT_TEMPERATURE
+    from scldm.config import SamplingConfig
+
+    defaults = SamplingConfig()
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -240,11 +242,11 @@ def main() -> None:
     parser.add_argument("--schedulers", default="ddpm,ddim,dpm++,unipc")
     parser.add_argument("--steps", default="10,25,50")
     parser.add_argument("--reference-steps", type=int, default=1000)
-    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
+    parser.add_argument("--guidance", type=float, default=defaults.guidance_scale)
     parser.add_argument(
         "--temperature",
         type=float,
-        default=DEFAULT_TEMPERATURE,
+        default=defaults.temperature,
         help="τ of the starting noise, as `scldm generate` (DDPM's per-step noise is not scaled)",
     )
     parser.add_argument("--seed", type=int, default=0)

@@ -47,10 +47,11 @@ def measure(args: argparse.Namespace, mode: str) -> dict:
     from scldm.config import DiffusionStageConfig, load_config
     from scldm.data.datasets import SpeechFaceDataset, collate
     from scldm.diffusion.objective import diffusion_loss
+    from scldm.diffusion.prior import load_prior
     from scldm.diffusion.unet import build_unet
     from scldm.training.common import batch_stream
     from scldm.training.diffusion import EpochSampler
-    from scldm.training.latents import build_cache, load_encoders, load_prior
+    from scldm.training.latents import build_cache, load_encoders
 
     device, cuda = args.device, args.device.startswith("cuda")
 
@@ -63,7 +64,8 @@ def measure(args: argparse.Namespace, mode: str) -> dict:
     unet = build_unet(cfg.unet).to(device).train()
     latent_shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
     if (encoders.path.parent / "prior" / "prior.safetensors").is_file():
-        prior, scale = load_prior(encoders.path.parent / "prior")
+        report = load_prior(encoders.path.parent / "prior")
+        prior, scale = report.prior, report.scale
     else:
         prior, scale = torch.zeros(latent_shape), 1.0
     prior = prior.to(device)
@@ -130,7 +132,7 @@ def measure(args: argparse.Namespace, mode: str) -> dict:
                 z0,
                 tokens,
                 prior=prior,
-                lam=cfg.lambda_train,
+                prior_scale=cfg.lambda_train,
                 cond_drop=cfg.cond_drop,
             )
         loss.backward()

@@ -68,7 +68,7 @@ def test_ablate_writes_table4_sweep_grids_and_report(ablation):
     assert all(r["cos_x100"] != "" for r in sweep)
     # the sweep's evaluations are the λ_infer settings they claim, on 6 clips
     m = json.loads((out / "ldm-train0" / "eval" / "infer0.01" / "metrics.json").read_text())
-    assert m["model"]["lambda_infer"] == 0.01 and m["counts"]["clips"] == 6
+    assert m["model"]["prior_scale"] == 0.01 and m["counts"]["clips"] == 6
     assert m["settings"]["seed"] == 0 and "synthvox" in m["features"]
     # true | base | +CP | +CP+PN for each test voice (3 here), from the evaluations' images
     grid = Image.open(out / "grids.png")

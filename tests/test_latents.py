@@ -13,15 +13,9 @@ import torch
 
 from scldm.cli import main
 from scldm.data.manifest import read_manifest, write_manifest
+from scldm.diffusion.prior import balanced_order, compute_prior, latent_scale, load_prior
 from scldm.errors import InputError
-from scldm.training.latents import (
-    balanced_faces,
-    build_cache,
-    compute_prior,
-    latent_scale,
-    load_encoders,
-    load_prior,
-)
+from scldm.training.latents import build_cache, load_encoders
 
 
 @pytest.fixture
@@ -76,14 +70,17 @@ def test_prior_is_the_mean_of_balanced_scaled_latents(stage1):
     cache = build_cache(load_encoders(run), data, "train")
     scale = latent_scale(cache.latents)
     assert (cache.latents * scale).std().item() == pytest.approx(1.0, rel=1e-4)
-    order = balanced_faces(cache, None)
-    genders = [cache.rows[int(cache.tensors["row"][i])]["gender"] for i in order]
-    faces = [cache.rows[int(cache.tensors["row"][i])]["face"] for i in order]
+    rows = [cache.rows[i] for i in cache.tensors["row"].tolist()]
+    all_faces, all_genders = [r["face"] for r in rows], [r["gender"] for r in rows]
+    order = balanced_order(all_faces, all_genders, None)
+    genders = [all_genders[i] for i in order]
+    faces = [all_faces[i] for i in order]
     assert len(set(faces)) == len(faces)  # each face image once
     fewest = min(Counter(genders).values())
     for n in (2, 10, 2 * fewest):
         assert Counter(genders[:n])["f"] == n // 2  # even prefixes are balanced while both last
-    report = compute_prior(cache, scale, num_faces=10)
+    report = compute_prior(cache.latents, all_faces, all_genders, num_faces=10)
+    assert report.scale == scale
     torch.testing.assert_close(report.prior, cache.latents[order[:10]].mean(0) * scale)
     assert report.num_faces == 10
     last = report.convergence[-1]
@@ -95,8 +92,9 @@ def test_prior_command(stage1, capsys):
     assert main(["prior", "--encoders", str(run), "--data", str(data), "--num-faces", "20"]) == 0
     out = capsys.readouterr().out
     assert "face prior of 20 training faces" in out and "| 10 |" in out
-    prior, scale = load_prior(run / "prior")
-    assert prior.shape == (4, 4, 4) and scale > 0
+    report = load_prior(run / "prior")
+    assert report.prior.shape == (4, 4, 4) and report.scale > 0 and report.num_faces == 20
+    assert report.convergence[-1]["n"] == 20  # the table read back
     assert (run / "prior" / "prior_convergence.png").is_file()
     rows = (run / "prior" / "prior_convergence.csv").read_text().splitlines()
     assert rows[0] == "n,rms,cosine" and rows[-1].startswith("20,")

@@ -30,7 +30,7 @@ def test_train_then_generate(tiny_stage1, tmp_path, capsys):
 
     pipe = SpeechToFacePipeline.from_pretrained(run / "pipeline")
     assert pipe.face_decoder.config.scaling_factor != 1.0  # the training latents' scale
-    assert pipe.prior.latent.abs().sum() > 0 and pipe.prior.config.lambda_infer == 0.01
+    assert pipe.prior.latent.abs().sum() > 0 and pipe.sampling.prior_scale == 0.01
 
     # a second stage-2 run reuses the latent cache of the first; with decoder.steps it ships a
     # refined decoder in place of the stage-1 one

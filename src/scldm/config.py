@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import os
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -20,17 +19,9 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from scldm.errors import InputError
+from scldm.io import write_text
 
 PRESET_DIR = Path(__file__).parent / "configs"
-# classifier-free guidance of `scldm generate`/`evaluate` and of validation grids: on SynthVox
-# (4 stage-2 models, 400 test clips) the oracle's gender agreement rose by 4-5 points from 3 to
-# 6 and fell again at 10 (docs/results.md)
-DEFAULT_GUIDANCE = 6.0
-# the scale τ of the starting noise (`sample_latents`) in the same places: on SynthVox's
-# validation voices (two stage-2 seeds) τ 0.7-0.85 put 2-6 more points of ages within ±10
-# years than τ 1, 0.8 the most on average (+5.5 and +3.8); 0 (no noise) lost 5
-# (docs/results.md, "Sampling temperature")
-DEFAULT_TEMPERATURE = 0.8
 C = TypeVar("C")
 
 
@@ -92,6 +83,20 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class SamplingConfig:
+    """How a pipeline samples faces by default: saved inside the pipeline folder (stage 2 writes
+    its `sampling` section there) and read by `SpeechToFacePipeline.__call__`, `scldm generate`,
+    `scldm evaluate` and the ablation, each of which can override any field. The defaults were
+    chosen on SynthVox's validation voices (docs/results.md)."""
+
+    scheduler: str = "dpm++"  # ddpm | ddim | dpm++ | unipc (`scldm.diffusion.sampling`)
+    num_inference_steps: int = 25
+    guidance_scale: float = 6.0  # classifier-free guidance g; 1 = one conditional pass
+    temperature: float = 0.8  # τ: the starting noise's scale around the prior mean
+    prior_scale: float = 0.01  # λ_infer: μ = λ·P at inference (paper eq. 4-6)
+
+
+@dataclass(frozen=True)
 class DecoderRefineConfig:
     """Stage 2's refinement of the stage-1 face decoder on the frozen encoder's latents of the
     training faces (L1, AdamW, warmup then cosine to 0), before the UNet trains. 0 steps: the
@@ -146,8 +151,9 @@ class DiffusionStageConfig:
 
     `unet` holds `UNet2DConditionModel` kwargs (`preset: NAME` picks an architecture preset);
     `scheduler` the training noise schedule (diffusers `DDPMScheduler` kwargs; LDM's by
-    default). μ = λ·P shifts the diffusion: `lambda_train` in training, `lambda_infer` saved
-    with the pipeline as its default; λ = 0 is the plain LDM.
+    default). μ = λ·P shifts the diffusion: `lambda_train` in training, `sampling.prior_scale`
+    (λ_infer) saved with the pipeline as its default; λ = 0 is the plain LDM. `sampling` is the
+    pipeline's sampling config, also used for the validation grids.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -164,13 +170,9 @@ class DiffusionStageConfig:
         }
     )
     lambda_train: float = 0.01  # paper: 0.01
-    lambda_infer: float = 0.01
     cond_drop: float = 0.1  # condition dropout for classifier-free guidance
     prior_faces: int = 10_000  # paper: 10,000 gender-balanced training faces
-    sampler: str = "dpm++"  # ddpm | ddim | dpm++ | unipc, for validation and the pipeline
-    num_inference_steps: int = 25
-    guidance_scale: float = DEFAULT_GUIDANCE
-    temperature: float = DEFAULT_TEMPERATURE  # τ of the starting noise, as `scldm generate`
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
     images_per_voice: int = 4  # generated faces per validation voice in the grids
     decoder: DecoderRefineConfig = field(default_factory=DecoderRefineConfig)
 
@@ -360,12 +362,7 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
 
 def save_config(cfg: Any, path: str | Path) -> Path:
     """Write the resolved config as YAML, atomically; `load_config` reads it back unchanged."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    os.replace(tmp, path)
-    return path
+    return write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
 def replace(cfg: C, **changes: Any) -> C:

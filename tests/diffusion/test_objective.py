@@ -55,13 +55,20 @@ def test_loss_with_lambda_zero_is_plain_ldm():
     abar = scheduler.alphas_cumprod[t][:, None, None, None]
     z_t = abar**0.5 * z0 + (1 - abar) ** 0.5 * noise
     expected = F.mse_loss(unet(z_t, t, encoder_hidden_states=tokens).sample, noise)
-    for kwargs in ({"prior": prior, "lam": 0.0}, {"prior": None, "lam": 0.5}):
+    for kwargs in ({"prior": prior, "prior_scale": 0.0}, {"prior": None, "prior_scale": 0.5}):
         loss, _ = diffusion_loss(
             unet, scheduler, z0, tokens, cond_drop=0.0, generator=g.manual_seed(0), **kwargs
         )
         assert torch.equal(loss, expected)
     shifted, _ = diffusion_loss(
-        unet, scheduler, z0, tokens, prior=prior, lam=0.5, cond_drop=0.0, generator=g.manual_seed(0)
+        unet,
+        scheduler,
+        z0,
+        tokens,
+        prior=prior,
+        prior_scale=0.5,
+        cond_drop=0.0,
+        generator=g.manual_seed(0),
     )
     assert not torch.equal(shifted, expected)
 
@@ -71,7 +78,7 @@ def test_loss_unet_sees_shifted_noisy_latent():
     z0, tokens, prior = batch()
     lam = 0.5
     loss, _ = diffusion_loss(
-        unet, scheduler, z0, tokens, prior=prior, lam=lam, cond_drop=0.0,
+        unet, scheduler, z0, tokens, prior=prior, prior_scale=lam, cond_drop=0.0,
         generator=torch.Generator().manual_seed(0),
     )  # fmt: skip
     g = torch.Generator().manual_seed(0)
@@ -108,7 +115,7 @@ def test_loss_overfits_four_latents():
         with torch.no_grad():
             loss, _ = diffusion_loss(
                 unet, scheduler, z0.repeat(8, 1, 1, 1), tokens.repeat(8, 1, 1), prior=prior,
-                lam=0.5, cond_drop=0.0, generator=torch.Generator().manual_seed(123),
+                prior_scale=0.5, cond_drop=0.0, generator=torch.Generator().manual_seed(123),
             )  # fmt: skip
         return loss.item()
 
@@ -116,7 +123,7 @@ def test_loss_overfits_four_latents():
     g = torch.Generator().manual_seed(0)
     for _ in range(150):
         loss, _ = diffusion_loss(
-            unet, scheduler, z0, tokens, prior=prior, lam=0.5, cond_drop=0.0, generator=g
+            unet, scheduler, z0, tokens, prior=prior, prior_scale=0.5, cond_drop=0.0, generator=g
         )
         optimizer.zero_grad()
         loss.backward()
@@ -139,7 +146,7 @@ def test_sampling_starts_at_prior_mean_and_undoes_the_shift(temperature):
     mu = lam * prior
     tokens = torch.zeros(n, 1, 2)
     out = sample_latents(
-        unet, scheduler, tokens, prior=prior, lam=lam, num_inference_steps=4,
+        unet, scheduler, tokens, prior=prior, prior_scale=lam, num_inference_steps=4,
         generator=torch.Generator().manual_seed(0), latent_shape=SHAPE, temperature=temperature,
     )  # fmt: skip
     noise = temperature * torch.randn((n, *SHAPE), generator=torch.Generator().manual_seed(0))
@@ -160,7 +167,7 @@ def test_sampling_starts_at_prior_mean_and_undoes_the_shift(temperature):
 def test_guidance_combines_conditional_and_unconditional():
     scheduler = make_scheduler("ddim")
     _, tokens, prior = batch()
-    kwargs = {"prior": prior, "lam": 0.5, "num_inference_steps": 3, "latent_shape": SHAPE}
+    kwargs = {"prior": prior, "prior_scale": 0.5, "num_inference_steps": 3, "latent_shape": SHAPE}
 
     def run(unet, tokens, **extra):
         g = torch.Generator().manual_seed(0)
@@ -190,7 +197,7 @@ def test_sampling_is_deterministic_given_generator():
                 make_scheduler(name),
                 tokens,
                 prior=prior,
-                lam=0.5,
+                prior_scale=0.5,
                 num_inference_steps=3,
                 guidance_scale=2.0,
                 generator=torch.Generator().manual_seed(seed),

@@ -1,12 +1,15 @@
-"""Inference of SCLDM: `SpeechToFacePipeline` (audio → faces), the `FacePrior` it carries, and
-`make_scheduler` to pick a sampler.
+"""Inference of SCLDM: `SpeechToFacePipeline`, audio → faces.
 
 The pipeline folder (`save_pretrained`) is the release artifact: front end, speech encoder,
-UNet, scheduler, face prior and face decoder, each as config.json + safetensors.
+UNet, scheduler, face prior and face decoder, each as config.json + safetensors, and its
+sampling config (steps, guidance, temperature, prior scale) in model_index.json. `FacePrior`
+(`scldm.diffusion.prior`) and `make_scheduler` (`scldm.diffusion.sampling`) are re-exported
+here: pipelines saved earlier name this module as FacePrior's home.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -15,100 +18,23 @@ from typing import Any
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import (
-    DDIMScheduler,
-    DDPMScheduler,
-    DiffusionPipeline,
-    DPMSolverMultistepScheduler,
-    UNet2DConditionModel,
-    UniPCMultistepScheduler,
-)
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
+from diffusers import DiffusionPipeline, UNet2DConditionModel
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401 (see below)
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
 from scldm.audio import MIN_SECONDS, SpectrogramFrontend, loop_to_length
-from scldm.diffusion.objective import sample_latents
+from scldm.config import SamplingConfig
+from scldm.diffusion.prior import FacePrior
+from scldm.diffusion.sampling import make_scheduler, sample_latents, scheduler_name
 from scldm.errors import InputError
 from scldm.models.face_decoder import FaceDecoder
 from scldm.models.speech_encoder import SpeechEncoder
 
 AudioInput = str | os.PathLike | np.ndarray | torch.Tensor
-
-# --- Face prior ------------------------------------------------------------------------------
-
-
-class FacePrior(ModelMixin, ConfigMixin):
-    """The face prior P of paper eq. 3: the mean scaled face latent, (C, h, w).
-
-    Stored as a persistent buffer `latent` (the weights file), in the scaled latent space the
-    diffusion runs in; `lambda_infer` is the λ the pipeline uses by default (μ = λ·P).
-    Build it with `FacePrior(prior=P, lambda_infer=λ)`; the shape is then taken from P.
-    `from_pretrained` builds it from `latent_shape` and loads P from the weights.
-    """
-
-    ignore_for_config = ["prior"]  # the tensor lives in the weights, not in config.json
-
-    @register_to_config
-    def __init__(
-        self,
-        *,
-        latent_shape: tuple[int, int, int] = (4, 28, 28),
-        lambda_infer: float = 0.01,
-        prior: torch.Tensor | None = None,
-    ) -> None:
-        super().__init__()
-        if prior is not None:
-            if prior.dim() != 3:
-                raise ValueError(f"prior must be (C, h, w), got {tuple(prior.shape)}")
-            latent_shape = prior.shape
-        # a tuple also after config.json gave a list
-        latent_shape = tuple(int(n) for n in latent_shape)
-        self.register_to_config(latent_shape=latent_shape)
-        latent = torch.zeros(latent_shape) if prior is None else prior.detach().float().clone()
-        self.register_buffer("latent", latent)  # (C, h, w)
-
-
-# --- Schedulers ------------------------------------------------------------------------------
-
-SCHEDULERS: dict[str, type[SchedulerMixin]] = {
-    "ddpm": DDPMScheduler,
-    "ddim": DDIMScheduler,
-    "dpm++": DPMSolverMultistepScheduler,  # DPM-Solver++(2M), Lu et al. 2022
-    "unipc": UniPCMultistepScheduler,  # Zhao et al. 2023
-}
-# the noise schedule of LDM / Stable Diffusion, used when no training config is given
-NOISE_SCHEDULE: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "prediction_type": "epsilon",
-}
-# sampling settings that override the training scheduler's: the latents have unit variance,
-# not a [-1, 1] range, so x_0 must not be clipped; "trailing" timesteps start sampling at
-# t = T − 1, where training saw z̃_T ≈ ε + μ (Lin et al., "Common Diffusion Noise Schedules and
-# Sample Steps are Flawed", WACV 2024)
-SAMPLING_SETTINGS: dict[str, Any] = {"clip_sample": False, "timestep_spacing": "trailing"}
-
-
-def make_scheduler(
-    name: str, config: Mapping[str, Any] | None = None, **overrides: Any
-) -> SchedulerMixin:
-    """A sampler by name (ddpm, ddim, dpm++, unipc) on the noise schedule of `config`.
-
-    `config` is a scheduler config (e.g. the training `DDPMScheduler.config`; LDM's schedule
-    when None); SAMPLING_SETTINGS are applied on top, then `overrides`.
-    Swap a pipeline's sampler with `pipe.scheduler = make_scheduler("ddim", pipe.scheduler.config)`.
-    """
-    if name not in SCHEDULERS:
-        raise InputError(None, f"unknown sampler {name!r}; known: {', '.join(SCHEDULERS)}")
-    # private keys dropped: "_use_default_values" would make from_config discard settings
-    public = {k: v for k, v in (config or {}).items() if not k.startswith("_")}
-    merged = {**NOISE_SCHEDULE, **public, **SAMPLING_SETTINGS, **overrides}
-    return SCHEDULERS[name].from_config(merged)
-
+# Pipelines saved before scldm.diffusion.prior existed name this module as FacePrior's library;
+# diffusers then looks up `ModelMixin` in it to choose the loading method, hence the import.
+__all__ = ["FacePrior", "SpeechToFaceOutput", "SpeechToFacePipeline", "make_scheduler"]
 
 # --- Pipeline --------------------------------------------------------------------------------
 
@@ -129,6 +55,10 @@ class SpeechToFacePipeline(DiffusionPipeline):
     of latents (B, C, h, w) with `scheduler` (`objective.sample_latents`) → face decoder of
     latents / scaling_factor → faces (B, 3, H, W). Any diffusers scheduler works; see
     `make_scheduler`.
+
+    `sampling` (a `SamplingConfig` as a dict) holds the defaults of `__call__`; its `scheduler`
+    names the saved scheduler component, which is what samples. Pipelines saved without one
+    sample with `SamplingConfig`'s defaults and their prior's `lambda_infer`.
     """
 
     model_cpu_offload_seq = "speech_encoder->unet->face_decoder"
@@ -141,6 +71,7 @@ class SpeechToFacePipeline(DiffusionPipeline):
         scheduler: SchedulerMixin,
         face_decoder: FaceDecoder,
         prior: FacePrior,
+        sampling: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.register_modules(
@@ -151,6 +82,30 @@ class SpeechToFacePipeline(DiffusionPipeline):
             face_decoder=face_decoder,
             prior=prior,
         )
+        if sampling is None:  # a pipeline saved before it carried a sampling config
+            sampling = {"prior_scale": float(prior.config.lambda_infer)}
+        known = {f.name for f in dataclasses.fields(SamplingConfig)}
+        unknown = set(sampling) - known
+        if unknown:
+            raise InputError(None, f"unknown sampling settings {sorted(unknown)}; known: {known}")
+        values = {**dataclasses.asdict(SamplingConfig(**sampling))}
+        values["scheduler"] = scheduler_name(scheduler)  # the component is what samples
+        self.register_to_config(sampling=values)
+
+    @property
+    def sampling(self) -> SamplingConfig:
+        """The defaults of `__call__` (saved in model_index.json)."""
+        return SamplingConfig(
+            **{**self.config.sampling, "scheduler": scheduler_name(self.scheduler)}
+        )
+
+    def set_sampling(self, **changes: Any) -> None:
+        """Change the saved defaults, e.g. `pipe.set_sampling(scheduler="ddim", temperature=1)`;
+        a new `scheduler` name swaps the scheduler component on the same noise schedule."""
+        values = dataclasses.asdict(dataclasses.replace(self.sampling, **changes))
+        if values["scheduler"] != scheduler_name(self.scheduler):
+            self.scheduler = make_scheduler(values["scheduler"], self.scheduler.config)
+        self.register_to_config(sampling=values)
 
     def _waveform(self, item: AudioInput) -> torch.Tensor:
         """One input → (S,) float32 of `segment_seconds`, looped when shorter."""
@@ -191,12 +146,12 @@ class SpeechToFacePipeline(DiffusionPipeline):
         audio: AudioInput | Sequence[AudioInput],
         *,
         num_images_per_prompt: int = 1,
-        num_inference_steps: int = 25,
-        guidance_scale: float = 1.0,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        temperature: float | None = None,
+        prior_scale: float | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
-        lam: float | None = None,
-        temperature: float = 1.0,
     ) -> SpeechToFaceOutput:
         """Generate faces for voices.
 
@@ -204,22 +159,31 @@ class SpeechToFacePipeline(DiffusionPipeline):
             audio: a path (read with the front end), a 1-D waveform (numpy or tensor, (S,), at
                 the front end's sample rate) or a list of those; each is cut or looped to
                 `segment_seconds`.
-            guidance_scale: classifier-free guidance g (zero tokens as the null condition).
-                Default 1: no guidance, one UNet pass per step, the paper's sampler; values
-                above 1 need a UNet trained with condition dropout.
+            num_inference_steps, guidance_scale, temperature, prior_scale: default
+                `self.sampling` (the pipeline folder's sampling config).
+            guidance_scale: classifier-free guidance g (zero tokens as the null condition);
+                1 = no guidance, one UNet pass per step, the paper's sampler; values above 1
+                need a UNet trained with condition dropout.
+            temperature: τ ≥ 0, the scale of the starting noise around μ: 1 is the model's
+                distribution, lower values give faces that follow the voice more closely and
+                vary less.
+            prior_scale: λ_infer of the prior shift μ = λ·P.
             generator: one, or a list of B = len(audio) × num_images_per_prompt.
             output_type: "pil", "pt" or "np" (see `SpeechToFaceOutput`).
-            lam: λ of the prior shift μ = λ·P; default `prior.config.lambda_infer`.
-            temperature: τ, the scale of the starting noise around μ (≥ 0). Default 1: the
-                model's distribution; lower values give faces that follow the voice more
-                closely and vary less (`scldm generate` uses `DEFAULT_TEMPERATURE`).
 
         Raises `InputError` for unreadable files and malformed waveforms.
         """
         if output_type not in ("pil", "pt", "np"):
             raise InputError(None, f"output_type must be pil, pt or np, got {output_type!r}")
+        cfg = self.sampling
+        steps = cfg.num_inference_steps if num_inference_steps is None else num_inference_steps
+        guidance = cfg.guidance_scale if guidance_scale is None else guidance_scale
+        temperature = cfg.temperature if temperature is None else temperature
+        prior_scale = cfg.prior_scale if prior_scale is None else prior_scale
         if not temperature >= 0:
             raise InputError(None, f"temperature must be ≥ 0, got {temperature:g}")
+        if steps < 1 or num_images_per_prompt < 1:
+            raise InputError(None, "num_inference_steps and num_images_per_prompt must be ≥ 1")
         items = list(audio) if isinstance(audio, list | tuple) else [audio]
         if not items:
             raise InputError(None, "no audio given")
@@ -234,9 +198,9 @@ class SpeechToFacePipeline(DiffusionPipeline):
             self.scheduler,
             tokens,
             prior=self.prior.latent,
-            lam=self.prior.config.lambda_infer if lam is None else lam,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
+            prior_scale=prior_scale,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
             temperature=temperature,
             generator=generator,
             latent_shape=latent_shape,

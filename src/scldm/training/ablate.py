@@ -254,7 +254,7 @@ def ablate(
     device = "cuda" if torch.cuda.is_available() and not cpu else "cpu"
     out.mkdir(parents=True, exist_ok=True)
 
-    lam_t, lam_i = ldm_cfg.lambda_train, ldm_cfg.lambda_infer
+    lam_t, lam_i = ldm_cfg.lambda_train, ldm_cfg.sampling.prior_scale
     rows = {
         "base": EvalKey("ldm-base", 0.0),
         "+CP": EvalKey(f"ldm-train{lam_name(0)}", 0.0),
@@ -297,13 +297,13 @@ def ablate(
     )
     runs: dict[str, tuple[DiffusionStageConfig, Path]] = {}
     runs["ldm-base"] = (
-        _with(ldm_cfg, lambda_train=0.0, lambda_infer=0.0),
+        _with(ldm_cfg, lambda_train=0.0, sampling={"prior_scale": 0.0}),
         s1["noclip"],
     )
     for t in _unique([0.0, lam_t, *lambdas]):
         saved_infer = lam_i if lam_name(t) == lam_name(lam_t) else t  # the pipeline's default
         runs[f"ldm-train{lam_name(t)}"] = (
-            _with(ldm_cfg, lambda_train=t, lambda_infer=saved_infer),
+            _with(ldm_cfg, lambda_train=t, sampling={"prior_scale": saved_infer}),
             s1["clip"],
         )
     for name, (cfg, enc) in runs.items():
@@ -323,12 +323,8 @@ def ablate(
     for key in evals:
         cfg = runs[key.run][0]
         folder = key.folder(out)
-        gen_settings = {
-            "num_inference_steps": cfg.num_inference_steps,
-            "guidance_scale": cfg.guidance_scale,
-            "temperature": cfg.temperature,
-            "lambda_infer": key.lam_infer,
-        }
+        gen_settings = {**dataclasses.asdict(cfg.sampling), "prior_scale": key.lam_infer}
+        gen_settings.pop("scheduler")  # recorded by its class name
         steps.append(
             Step(
                 f"evaluate {key.run}/ at λ_infer={lam_name(key.lam_infer)} → "
@@ -360,10 +356,7 @@ def _train_stage2(cfg: DiffusionStageConfig, encoders: Path, cpu: bool) -> None:
 
 def _prior(run: Path, data: Path, num_faces: int) -> None:
     """What `scldm prior` does (stage 2 would otherwise make the same prior itself)."""
-    encoders = latents.load_encoders(run)
-    cache = latents.build_cache(encoders, data, "train")
-    report = latents.compute_prior(cache, latents.latent_scale(cache.latents), num_faces=num_faces)
-    latents.save_prior(report, run / "prior")
+    latents.face_prior(latents.load_encoders(run), data, num_faces=num_faces, recompute=True)
 
 
 def _eval_done(folder: Path, settings: EvalSettings, gen: Mapping[str, Any]) -> bool:
@@ -394,13 +387,7 @@ def _evaluate(
     if scorers.get("pipe_path") != model:
         scorers["pipe"] = SpeechToFacePipeline.from_pretrained(model).to(device)
         scorers["pipe_path"] = model
-    generator = PipelineGenerator(
-        scorers["pipe"],
-        steps=cfg.num_inference_steps,
-        guidance=cfg.guidance_scale,
-        lam=key.lam_infer,
-        temperature=cfg.temperature,
-    )
+    generator = PipelineGenerator(scorers["pipe"], {"prior_scale": key.lam_infer})
     evaluate(
         generator,
         Path(cfg.data.root),
@@ -583,7 +570,7 @@ def write_report(result: Ablation, table: str, s_rows: list[dict[str, Any]]) -> 
     ref = result.metrics(result.rows["+CP+PN"])
     counts, model = ref["counts"], ref["model"]
     pool = ((ref["features"][ORACLE].get("model") or {}).get("pool_size")) or "?"
-    lam_t, lam_i = lam_name(ldm.lambda_train), lam_name(ldm.lambda_infer)
+    lam_t, lam_i = lam_name(ldm.lambda_train), lam_name(ldm.sampling.prior_scale)
     lines = [
         "# SCLDM ablations (paper Table 4 and Fig. 6)",
         "",
@@ -607,7 +594,7 @@ def write_report(result: Ablation, table: str, s_rows: list[dict[str, Any]]) -> 
         f"- **+CP+PN** (`ldm-train{lam_t}/`): the same stage 1 and its face prior P "
         f"(`stage1/prior/`, ≤ {ldm.prior_faces} gender-balanced training faces), stage 2 with "
         f"μ = λ·P at λ_train = {lam_t}, evaluated at λ_infer = {lam_i} (the configured "
-        "`lambda_train` and `lambda_infer`).",
+        "`lambda_train` and `sampling.prior_scale`).",
         "",
         "## Table 4",
         "",

@@ -19,8 +19,10 @@ from torch.utils.data import BatchSampler, DataLoader, Sampler, TensorDataset
 from tqdm.auto import tqdm
 
 from scldm.config import DiffusionStageConfig
-from scldm.diffusion.objective import diffusion_loss, sample_latents
-from scldm.diffusion.pipeline import FacePrior, SpeechToFacePipeline, make_scheduler
+from scldm.diffusion.objective import diffusion_loss
+from scldm.diffusion.pipeline import SpeechToFacePipeline
+from scldm.diffusion.prior import FacePrior
+from scldm.diffusion.sampling import make_scheduler, sample_latents
 from scldm.diffusion.unet import build_unet
 from scldm.errors import InputError
 from scldm.faces import load_face_tensor, make_grid, save_image
@@ -41,16 +43,7 @@ from scldm.training.common import (
     write_meta,
 )
 from scldm.training.decoder import refined_decoder
-from scldm.training.latents import (
-    Encoders,
-    LatentCache,
-    build_cache,
-    compute_prior,
-    latent_scale,
-    load_encoders,
-    load_prior,
-    save_prior,
-)
+from scldm.training.latents import Encoders, LatentCache, build_cache, face_prior, load_encoders
 
 log = logging.getLogger("scldm.train")
 CURVES = ["train/loss", "train/grad_norm", "train/lr"]
@@ -71,18 +64,6 @@ class EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.n
-
-
-def prior_for(encoders: Encoders, cache: LatentCache, num_faces: int) -> tuple[torch.Tensor, float]:
-    """The face prior and latent scale of these encoders: read from `<stage-1 run>/prior/` when
-    `scldm prior` made one, otherwise computed from the training cache and saved there."""
-    folder = encoders.path.parent / "prior"
-    if (folder / "prior.safetensors").is_file():
-        return load_prior(folder)
-    report = compute_prior(cache, latent_scale(cache.latents), num_faces=num_faces)
-    save_prior(report, folder)
-    log.info("face prior of %d faces saved in %s\n%s", report.num_faces, folder, report.table())
-    return report.prior, report.scale
 
 
 # --- Validation ------------------------------------------------------------------------------
@@ -116,10 +97,10 @@ def sample_grid(
         scheduler,
         tokens.to(device),
         prior=prior.to(device),
-        lam=cfg.lambda_infer,
-        num_inference_steps=cfg.num_inference_steps,
-        guidance_scale=cfg.guidance_scale,
-        temperature=cfg.temperature,
+        prior_scale=cfg.sampling.prior_scale,
+        num_inference_steps=cfg.sampling.num_inference_steps,
+        guidance_scale=cfg.sampling.guidance_scale,
+        temperature=cfg.sampling.temperature,
         generator=torch.Generator(device).manual_seed(0),
         latent_shape=tuple(prior.shape),
     )
@@ -160,7 +141,8 @@ def train(
             val_cache = build_cache(encoders, cfg.data.root, cfg.eval.split)
         except InputError:
             val_cache = None
-        prior, scale = prior_for(encoders, cache, cfg.prior_faces)
+        report = face_prior(encoders, cfg.data.root, num_faces=cfg.prior_faces, cache=cache)
+        prior, scale = report.prior, report.scale
         decoder = refined_decoder(
             encoders, cache, cfg.decoder, cfg.data.root, val_cache, device=device
         )
@@ -204,7 +186,7 @@ def train(
             accelerator, checkpoint, model=unwrapped, optimizer=optimizer, ema=ema, state=state
         )
         log.info("resumed from %s at step %d", checkpoint, state.step)
-    sampler_name = cfg.sampler
+    sampler_name = cfg.sampling.scheduler
     bar = tqdm(
         total=cfg.train.max_steps,
         initial=state.step,
@@ -225,7 +207,7 @@ def train(
                 z0,
                 tokens,
                 prior=prior,
-                lam=cfg.lambda_train,
+                prior_scale=cfg.lambda_train,
                 cond_drop=cfg.cond_drop,
             )
             accelerator.backward(loss)
@@ -294,7 +276,8 @@ def train(
             unet=final.eval(),
             scheduler=make_scheduler(sampler_name, noise_scheduler.config),
             face_decoder=decoder,
-            prior=FacePrior(prior=prior.cpu(), lambda_infer=cfg.lambda_infer),
+            prior=FacePrior(prior=prior.cpu(), lambda_infer=cfg.sampling.prior_scale),
+            sampling=dataclasses.asdict(cfg.sampling),
         )
         pipe.save_pretrained(out)
         for part in ("unet", "prior"):
