@@ -17,13 +17,13 @@ from scldm.data.manifest import read_manifest
 from scldm.errors import InputError
 from scldm.evaluation.demo_report import demo_report
 from scldm.evaluation.evaluate import EvalSettings, evaluate, plan_clips
-from scldm.evaluation.metrics import pooled_recall
-from scldm.evaluation.scoring import (
+from scldm.evaluation.metrics import (
     age_errors,
     bootstrap_ci,
     feature_distances,
     gender_hits,
     pooled_hits,
+    pooled_recall,
     speaker_means,
     summarise,
 )

@@ -5,7 +5,6 @@ detection + 5-point alignment when the `eval` extra is installed."""
 from __future__ import annotations
 
 import importlib.util
-import os
 from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from scldm.errors import InputError, require
+from scldm.io import atomic_path
 
 MIN_FACE_SIDE = 16  # smaller images hold no usable face
 
@@ -145,10 +145,8 @@ def make_grid(
 def save_image(img: Image.Image, path: str | Path, **kwargs) -> Path:
     """Write an image atomically (temporary name, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    img.save(tmp, format=Image.registered_extensions().get(path.suffix.lower()), **kwargs)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format=Image.registered_extensions().get(path.suffix.lower()), **kwargs)
     return path
 
 

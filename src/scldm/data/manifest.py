@@ -9,7 +9,6 @@ source-specific extra (SynthVox stores its hidden attributes there).
 from __future__ import annotations
 
 import json
-import os
 import random
 import string
 from collections import defaultdict
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from scldm.errors import InputError
+from scldm.io import write_text
 
 MANIFEST_NAME = "manifest.jsonl"
 SPLITS = ("train", "val", "test")
@@ -105,13 +105,8 @@ def write_manifest(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     for i, row in enumerate(rows):
         validate_row(dict(row), f"row {i}")
     check_speaker_disjoint(rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(dict(row), ensure_ascii=False, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-    return path
+    lines = (json.dumps(dict(row), ensure_ascii=False, sort_keys=False) + "\n" for row in rows)
+    return write_text(path, "".join(lines))
 
 
 # --- Speaker-disjoint splits -----------------------------------------------------------------

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import sys
 from collections.abc import Mapping
@@ -21,6 +20,7 @@ from typing import Any
 
 from scldm.data.synthvox.attributes import FACE_ONLY, GENDER_LINKED_FACE, LINKED
 from scldm.evaluation.evaluate import CONDITIONS, fmt
+from scldm.io import write_text
 
 GROUPS = {
     "linked (voice and face)": [f"{a}_acc" for a in LINKED if a == "gender"]
@@ -155,11 +155,7 @@ def demo_report(demo: Path) -> Path:
         f"- the pipeline: `scldm generate any.wav --model {demo / 'ldm' / 'pipeline'} -o out/`",
         "",
     ]
-    path = demo / "report.md"
-    tmp = path.with_name(".report.md.tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, path)
-    return path
+    return write_text(demo / "report.md", "\n".join(lines))
 
 
 if __name__ == "__main__":

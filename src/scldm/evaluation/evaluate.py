@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,14 +29,16 @@ from scldm import __version__
 from scldm.config import DEFAULT_GUIDANCE, DEFAULT_TEMPERATURE
 from scldm.data.manifest import read_manifest
 from scldm.errors import InputError
-from scldm.evaluation.scoring import (
+from scldm.evaluation.metrics import (
     age_errors,
     feature_distances,
     gender_hits,
+    mean_by_group,
     pooled_hits,
     summarise,
 )
 from scldm.faces import load_face_tensor, make_grid, save_image, to_pil
+from scldm.io import save_figure, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -194,10 +195,7 @@ def generate_cached(
             raise InputError(
                 out, f"holds images generated with other settings ({old}); use a new -o folder"
             )
-    key_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = key_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(key, indent=1))
-    os.replace(tmp, key_file)
+    write_text(key_file, json.dumps(key, indent=1))
     todo = [(c, k) for c in clips for k in range(num_images) if not image_path(out, c, k).is_file()]
     if not todo:
         return
@@ -276,15 +274,12 @@ def score_features(
     and speech→face retrieval, for every condition."""
     speakers = [c.speaker for c in clips]
     true_f, true_ok = _features(extractor, faces.images["true"])
-    ids = sorted(set(speakers))
-    sid = torch.tensor([ids.index(s) for s in speakers])
     # the speaker's mean true face feature (over the found faces of its clips)
-    w = true_ok.double()
-    sums = torch.zeros(len(ids), true_f.shape[1], dtype=torch.float64).index_add_(
-        0, sid, true_f.double() * w[:, None]
-    )
-    counts = torch.zeros(len(ids), dtype=torch.float64).index_add_(0, sid, w)
-    spk_mean = (sums / counts.clamp_min(1)[:, None]).float()
+    spk_mean, ids = mean_by_group(true_f.double(), speakers, weights=true_ok)
+    spk_mean = spk_mean.float()
+    row_of = {s: i for i, s in enumerate(ids)}
+    sid = torch.tensor([row_of[s] for s in speakers])
+    true_found = {s for s, o in zip(speakers, true_ok.tolist(), strict=True) if o}
     result: dict[str, Any] = {
         "convention": extractor.convention,
         "not_found": {"true": int((~true_ok).sum())},
@@ -310,17 +305,17 @@ def score_features(
                         v, row_spk, resamples=settings.bootstrap, seed=settings.seed
                     )
         # retrieval by speaker: the mean feature of a speaker's faces of this condition as the
-        # query, the speaker's mean true face as the key
-        q_sums = torch.zeros(len(ids), f.shape[1], dtype=torch.float64).index_add_(
-            0, sid[clip_idx], f.double() * ok.double()[:, None]
+        # query, the speaker's mean true face as the key (speakers with found faces of both)
+        query, q_ids = mean_by_group(f.double(), row_spk, weights=ok)
+        found = {s for s, o in zip(row_spk, ok.tolist(), strict=True) if o} & true_found
+        kept = [s for s in ids if s in found]
+        q_row = {s: i for i, s in enumerate(q_ids)}
+        hits = pooled_hits(
+            query.float()[torch.tensor([q_row[s] for s in kept], dtype=torch.long)],
+            spk_mean[torch.tensor([row_of[s] for s in kept], dtype=torch.long)],
+            pool_size=settings.pool_size,
+            seed=settings.seed,
         )
-        q_counts = torch.zeros(len(ids), dtype=torch.float64).index_add_(
-            0, sid[clip_idx], ok.double()
-        )
-        keep = (q_counts > 0) & (counts > 0)
-        query = (q_sums / q_counts.clamp_min(1)[:, None]).float()[keep]
-        hits = pooled_hits(query, spk_mean[keep], pool_size=settings.pool_size, seed=settings.seed)
-        kept = [s for s, k in zip(ids, keep.tolist(), strict=True) if k]
         for k, h in hits.items():
             metrics[f"R@{k}"] = summarise(h, kept, resamples=settings.bootstrap, seed=settings.seed)
         metrics["pool_size"] = min(settings.pool_size, len(kept))
@@ -458,15 +453,9 @@ def evaluate(
     for name, estimator in attributes.items():
         log.info("scoring attributes: %s", name)
         result["attributes"][name] = score_attributes(estimator, faces, clips, settings)
-    _write_json(out / "metrics.json", result)
+    write_json(out / "metrics.json", result, indent=1)
     write_report(result, clips, faces, out, settings)
     return result
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
 
 
 # --- Report ----------------------------------------------------------------------------------
@@ -544,11 +533,7 @@ def _plot(result: Mapping[str, Any], path: Path) -> Path | None:
         )
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def sample_grid(
@@ -622,8 +607,4 @@ def write_report(
     if plot is not None:
         lines += [f"![metrics]({plot.name})", ""]
     lines += ["## Samples (true | generated)", "", f"![samples]({grid.name})", ""]
-    path = out / "report.md"
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("\n".join(lines))
-    os.replace(tmp, path)
-    return path
+    return write_text(out / "report.md", "\n".join(lines))

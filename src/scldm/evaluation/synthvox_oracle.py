@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from scldm.data.manifest import read_manifest
 from scldm.data.synthvox.attributes import CATEGORIES, FACE_ONLY, GENDER_LINKED_FACE, LINKED
 from scldm.errors import InputError
 from scldm.faces import load_face
+from scldm.io import write_text
 
 log = logging.getLogger(__name__)
 CLASSES = tuple((name, CATEGORIES[name]) for name in ("gender", *FACE_ONLY, *GENDER_LINKED_FACE))
@@ -392,9 +392,7 @@ class OracleReport:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def run_oracle(data: Path, out: Path, *, steps: int | None = None, seed: int = 0) -> OracleReport:

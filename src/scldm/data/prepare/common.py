@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import subprocess
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -18,6 +17,8 @@ import numpy as np
 import soundfile as sf
 from PIL import Image
 from tqdm.auto import tqdm
+
+from scldm.io import atomic_path
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -83,10 +84,8 @@ def parallel_map(
 
 def write_audio(path: Path, wave: np.ndarray, sample_rate: int) -> Path:
     """Write mono float audio as 16-bit PCM wav, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    sf.write(str(tmp), np.clip(wave, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), np.clip(wave, -1.0, 1.0), sample_rate, subtype="PCM_16", format="WAV")
     return path
 
 

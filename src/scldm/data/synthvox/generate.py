@@ -20,6 +20,7 @@ from scldm.data.synthvox.render import render_face
 from scldm.data.synthvox.voice import SAMPLE_RATE, synthesize_clip, voice_params
 from scldm.errors import InputError
 from scldm.faces import save_image
+from scldm.io import write_text
 
 SETTINGS_NAME = "synthvox.json"
 FORMAT_VERSION = 1  # bump when the generator changes what a seed produces
@@ -78,10 +79,7 @@ def _claim_folder(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
             )
     elif (out / MANIFEST_NAME).is_file() and not overwrite:
         raise InputError(out, "holds another prepared dataset; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(settings, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(settings, indent=2) + "\n")
 
 
 def manifest_rows(
