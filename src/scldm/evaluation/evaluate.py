@@ -26,7 +26,6 @@ import torch
 from tqdm.auto import tqdm
 
 from scldm import __version__
-from scldm.config import DEFAULT_GUIDANCE, DEFAULT_TEMPERATURE
 from scldm.data.manifest import read_manifest
 from scldm.errors import InputError
 from scldm.evaluation.metrics import (
@@ -63,13 +62,11 @@ class FaceGenerator(Protocol):
 
 @dataclass
 class PipelineGenerator:
-    """A `SpeechToFacePipeline` as a `FaceGenerator`."""
+    """A `SpeechToFacePipeline` as a `FaceGenerator`: its saved sampling config (`pipe.sampling`)
+    with `overrides` (num_inference_steps, guidance_scale, temperature, prior_scale)."""
 
     pipe: Any
-    steps: int = 25
-    guidance: float = DEFAULT_GUIDANCE
-    lam: float | None = None
-    temperature: float = DEFAULT_TEMPERATURE
+    overrides: Mapping[str, Any] = field(default_factory=dict)
     name: str = "scldm"
 
     @property
@@ -78,27 +75,15 @@ class PipelineGenerator:
 
     @property
     def settings(self) -> dict[str, Any]:
-        return {
-            "scheduler": type(self.pipe.scheduler).__name__,
-            "num_inference_steps": self.steps,
-            "guidance_scale": self.guidance,
-            "temperature": self.temperature,
-            "lambda_infer": self.lam
-            if self.lam is not None
-            else float(self.pipe.prior.config.lambda_infer),
-        }
+        sampling = asdict(self.pipe.sampling) | dict(self.overrides)
+        del sampling["scheduler"]  # the component samples: recorded by its class
+        return {"scheduler": type(self.pipe.scheduler).__name__, **sampling}
 
     def __call__(
         self, audio: Sequence[Path], generators: Sequence[torch.Generator]
     ) -> torch.Tensor:
         out = self.pipe(
-            [str(a) for a in audio],
-            num_inference_steps=self.steps,
-            guidance_scale=self.guidance,
-            generator=list(generators),
-            output_type="pt",
-            lam=self.lam,
-            temperature=self.temperature,
+            [str(a) for a in audio], generator=list(generators), output_type="pt", **self.overrides
         ).images
         return out * 2 - 1
 
