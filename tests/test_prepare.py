@@ -19,11 +19,13 @@ from scldm.cli import main
 from scldm.data.manifest import read_manifest
 from scldm.data.prepare.avspeech import prepare_avspeech
 from scldm.data.prepare.folder import prepare_folder
+from scldm.data.prepare.options import PrepareOptions
 from scldm.data.prepare.voxceleb import prepare_voxceleb
 from scldm.faces import load_face
 
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
 SIZE = 32  # --image-size of every test run: small keeps the suite fast
+OPTIONS = PrepareOptions(image_size=SIZE)
 
 
 def _snapshot(out: Path) -> dict[str, tuple[int, bytes]]:
@@ -68,7 +70,7 @@ def vox1(tmp_path: Path) -> dict[str, Path]:
 def test_prepare_voxceleb1_official_split_skips_and_reruns(vox1, tmp_path):
     out = tmp_path / "out"
     report = prepare_voxceleb(
-        vox1["audio_root"], vox1["faces_root"], vox1["meta"], out, image_size=SIZE
+        vox1["audio_root"], vox1["faces_root"], vox1["meta"], out, options=OPTIONS
     )
     rows = read_manifest(out)
     # 10 speakers × 2 utterances, less: 1 corrupt wav, Gary's 2 clips, Kevin's unreadable frame
@@ -95,7 +97,7 @@ def test_prepare_voxceleb1_official_split_skips_and_reruns(vox1, tmp_path):
 
     before = _snapshot(out)
     again = prepare_voxceleb(
-        vox1["audio_root"], vox1["faces_root"], vox1["meta"], out, image_size=SIZE
+        vox1["audio_root"], vox1["faces_root"], vox1["meta"], out, options=OPTIONS
     )
     assert (again.written, again.reused) == (0, 16) and again.skipped == report.skipped
     assert _snapshot(out) == before  # nothing re-decoded or rewritten
@@ -104,7 +106,7 @@ def test_prepare_voxceleb1_official_split_skips_and_reruns(vox1, tmp_path):
 def test_prepare_voxceleb1_wen_split_from_the_data_folder(vox1, tmp_path):
     out = tmp_path / "wen"
     audio = vox1["audio_root"] / "vox1_dev_wav" / "wav"  # pointing at wav/ itself, dev only
-    prepare_voxceleb(audio, vox1["data"], vox1["meta"], out, split="wen", image_size=SIZE)
+    prepare_voxceleb(audio, vox1["data"], vox1["meta"], out, split="wen", options=OPTIONS)
     rows = read_manifest(out)
     _assert_speaker_disjoint(rows)
     held = {r["split"] for r in rows if r["name"][0] in "ABCDE"}
@@ -118,7 +120,7 @@ def test_voxceleb_max_clips_and_missing_track_falls_back_to_the_speakers_other_t
 ):
     shutil.rmtree(vox1["data"] / "Eva_Green" / "1.6" / "1zcIwhmdeo4" / "2")
     out = tmp_path / "out"
-    prepare_voxceleb(vox1["audio_root"], vox1["faces_root"], vox1["meta"], out, image_size=SIZE)
+    prepare_voxceleb(vox1["audio_root"], vox1["faces_root"], vox1["meta"], out, options=OPTIONS)
     eva = [r for r in read_manifest(out) if r["name"] == "Eva_Green"]
     assert [r["orig_face"].split("/")[3] for r in eva] == ["1", "1"]
     prepare_voxceleb(
@@ -139,7 +141,7 @@ def test_prepare_voxceleb2_m4a_with_vggface2_folders(tmp_path):
     vox2 = make_vox2(tmp_path / "vox2")
     out = tmp_path / "out"
     report = prepare_voxceleb(
-        vox2["audio_root"], vox2["faces_root"], vox2["meta"], out, image_size=SIZE
+        vox2["audio_root"], vox2["faces_root"], vox2["meta"], out, options=OPTIONS
     )
     rows = read_manifest(out)
     assert report.written == len(rows) == 5 and not report.skipped
@@ -168,7 +170,7 @@ def avspeech(tmp_path: Path) -> dict[str, Path]:
 @needs_ffmpeg
 def test_prepare_avspeech_crops_around_the_centre_and_reruns(avspeech, tmp_path):
     out = tmp_path / "out"
-    report = prepare_avspeech(avspeech["csv"], avspeech["clips"], out, image_size=SIZE)
+    report = prepare_avspeech(avspeech["csv"], avspeech["clips"], out, options=OPTIONS)
     rows = read_manifest(out)
     assert report.written == len(rows) == 5
     assert report.skipped["clip not downloaded"] == 1
@@ -188,10 +190,13 @@ def test_prepare_avspeech_crops_around_the_centre_and_reruns(avspeech, tmp_path)
         assert red > 200 and blue < 60, r["face"]
 
     before = _snapshot(out)
-    again = prepare_avspeech(avspeech["csv"], avspeech["clips"], out, image_size=SIZE)
+    again = prepare_avspeech(avspeech["csv"], avspeech["clips"], out, options=OPTIONS)
     assert (again.written, again.reused) == (0, 5) and _snapshot(out) == before
     redo = prepare_avspeech(
-        avspeech["csv"], avspeech["clips"], out, image_size=SIZE, seconds=1.0, overwrite=True
+        avspeech["csv"],
+        avspeech["clips"],
+        out,
+        options=PrepareOptions(image_size=SIZE, seconds=1.0, overwrite=True),
     )
     assert (redo.written, redo.reused) == (5, 0)
     assert sf.info(str(out / rows[0]["audio"])).frames == 16_000  # --seconds 1 kept only 1 s
@@ -215,7 +220,7 @@ def folder(tmp_path: Path) -> Path:
 
 def test_prepare_folder_pairs_labels_skips_and_reruns(folder, tmp_path):
     out = tmp_path / "prepared"
-    report = prepare_folder(folder, out, image_size=SIZE)
+    report = prepare_folder(folder, out, options=OPTIONS)
     rows = read_manifest(out)
     assert report.written == len(rows) == 10
     assert report.skipped == {
@@ -247,16 +252,20 @@ def test_prepare_folder_pairs_labels_skips_and_reruns(folder, tmp_path):
     assert next(r for r in rows if r["speaker_id"] == "carol")["gender"] is None
 
     before = _snapshot(out)
-    again = prepare_folder(folder, out, image_size=SIZE)
+    again = prepare_folder(folder, out, options=OPTIONS)
     assert (again.written, again.reused) == (0, 10) and _snapshot(out) == before
-    redo = prepare_folder(folder, out, image_size=SIZE, overwrite=True)
+    redo = prepare_folder(folder, out, options=PrepareOptions(image_size=SIZE, overwrite=True))
     assert (redo.written, redo.reused) == (10, 0)
     assert (out / "manifest.jsonl").read_bytes() == before["manifest.jsonl"][1]
 
 
 def test_prepare_folder_in_parallel_writes_the_same_dataset(folder, tmp_path):
-    one = prepare_folder(folder, tmp_path / "w1", image_size=SIZE, workers=1)
-    two = prepare_folder(folder, tmp_path / "w2", image_size=SIZE, workers=2)
+    one = prepare_folder(
+        folder, tmp_path / "w1", options=PrepareOptions(image_size=SIZE, workers=1)
+    )
+    two = prepare_folder(
+        folder, tmp_path / "w2", options=PrepareOptions(image_size=SIZE, workers=2)
+    )
     assert (one.written, one.skipped) == (two.written, two.skipped)
     snap1, snap2 = _snapshot(tmp_path / "w1"), _snapshot(tmp_path / "w2")
     assert {k: v[1] for k, v in snap1.items()} == {k: v[1] for k, v in snap2.items()}
@@ -264,8 +273,8 @@ def test_prepare_folder_in_parallel_writes_the_same_dataset(folder, tmp_path):
 
 def test_prepare_folder_ignores_its_own_output_inside_the_root(folder):
     out = folder / "prepared"
-    first = prepare_folder(folder, out, image_size=SIZE)
-    second = prepare_folder(folder, out, image_size=SIZE)
+    first = prepare_folder(folder, out, options=OPTIONS)
+    second = prepare_folder(folder, out, options=OPTIONS)
     assert second.reused == first.written and second.skipped == first.skipped
 
 

@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 from scldm.data.prepare.common import ClipJob, PrepareReport, run_clip_jobs
+from scldm.data.prepare.options import PrepareOptions
 from scldm.errors import InputError
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm")
@@ -69,20 +70,17 @@ def prepare_avspeech(
     out: str | Path,
     *,
     face_scale: float = 0.4,
-    image_size: int = 224,
-    seconds: float = 6.0,
-    workers: int = 1,
-    seed: int = 0,
-    overwrite: bool = False,
+    options: PrepareOptions | None = None,
 ) -> PrepareReport:
     """Prepare the downloaded AVSpeech clips listed in `csv_path`; returns the report.
 
-    Per clip: the first `seconds` of audio (ffmpeg), and the frame in the middle of them cropped
-    to a square of `face_scale`·(shorter side) around the CSV's (x, y) — replaced by a dlib
-    5-point aligned crop of the detected face containing (x, y) when the `eval` extra is
+    Per clip: the first `options.seconds` of audio (ffmpeg), and the frame in the middle of them
+    cropped to a square of `face_scale`·(shorter side) around the CSV's (x, y) — replaced by a
+    dlib 5-point aligned crop of the detected face containing (x, y) when the `eval` extra is
     installed. Rows whose clip is not in `clips` are counted as "clip not downloaded".
     """
     csv_path, clips, out = Path(csv_path), Path(clips), Path(out)
+    options = options or PrepareOptions()
     rows = read_avspeech_csv(csv_path)
     if not clips.is_dir():
         raise InputError(clips, "no such folder")
@@ -116,7 +114,7 @@ def prepare_avspeech(
                 source="avspeech",
                 face_point=(x, y),
                 face_scale=face_scale,
-                frame_seconds=min(seconds, end - start) / 2,
+                frame_seconds=min(options.seconds, end - start) / 2,
                 extras={
                     "ytid": ytid,
                     "start": start,
@@ -131,10 +129,6 @@ def prepare_avspeech(
         jobs,
         out,
         report,
-        image_size=image_size,
-        seconds=seconds,
-        workers=workers,
-        seed=seed,
-        overwrite=overwrite,
+        options,
         empty_hint=f"no usable clips found under {clips} (for the rows of {csv_path})",
     )

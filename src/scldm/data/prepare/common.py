@@ -18,6 +18,7 @@ import soundfile as sf
 from PIL import Image
 from tqdm.auto import tqdm
 
+from scldm.data.prepare.options import PrepareOptions
 from scldm.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -218,32 +219,25 @@ def run_clip_jobs(
     jobs: Sequence[ClipJob],
     out: Path,
     report: PrepareReport,
+    options: PrepareOptions,
     *,
-    image_size: int,
-    seconds: float,
-    workers: int,
-    seed: int,
-    overwrite: bool,
     empty_hint: str,
     split_of: Callable[[dict[str, str | None]], dict[str, str]] | None = None,
 ) -> PrepareReport:
     """Prepare every job in parallel, assign speaker-disjoint splits and write the manifest.
 
     `split_of` maps {speaker: gender} to {speaker: split}; by default a seeded, gender-stratified
-    80/10/10 split. Items already done are reused unless `overwrite`.
+    80/10/10 split (`options.seed`). Items already done are reused unless `options.overwrite`.
     """
     from scldm.data.manifest import split_speakers, write_manifest
     from scldm.errors import InputError
 
-    if image_size < 16 or seconds <= 0:
-        raise InputError(
-            None, f"--image-size must be >= 16 and --seconds > 0 (got {image_size}, {seconds})"
-        )
-    args = [(job, out, image_size, seconds, overwrite) for job in jobs]
+    options.check()
+    args = [(job, out, options.image_size, options.seconds, options.overwrite) for job in jobs]
     done = []
     for job, result in zip(
         jobs,
-        parallel_map(_prepare_clip, args, workers=workers, desc="prepare", unit="clip"),
+        parallel_map(_prepare_clip, args, workers=options.workers, desc="prepare", unit="clip"),
         strict=True,
     ):
         if result is None:
@@ -257,7 +251,7 @@ def run_clip_jobs(
     if not done:
         raise InputError(None, empty_hint)
     genders = {job.speaker_id: job.gender for job in done}
-    splits = (split_of or (lambda g: split_speakers(g, seed=seed)))(genders)
+    splits = (split_of or (lambda g: split_speakers(g, seed=options.seed)))(genders)
     rows = [
         {
             "speaker_id": job.speaker_id,

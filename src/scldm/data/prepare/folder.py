@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from scldm.data.prepare.common import ClipJob, PrepareReport, run_clip_jobs, safe_name
+from scldm.data.prepare.options import PrepareOptions
 from scldm.errors import InputError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".mp4", ".webm")
@@ -85,11 +86,7 @@ def prepare_folder(
     root: str | Path,
     out: str | Path,
     *,
-    image_size: int = 224,
-    seconds: float = 6.0,
-    workers: int = 1,
-    seed: int = 0,
-    overwrite: bool = False,
+    options: PrepareOptions | None = None,
 ) -> PrepareReport:
     """Prepare `root/<speaker>/{audio, images}` into `out` (see the module docstring).
 
@@ -98,6 +95,7 @@ def prepare_folder(
     unreadable files are skipped per clip.
     """
     root, out = Path(root), Path(out)
+    options = options or PrepareOptions()
     if not root.is_dir():
         raise InputError(root, "no such folder")
     labels_path = root / LABELS_NAME
@@ -144,10 +142,6 @@ def prepare_folder(
         jobs,
         out,
         report,
-        image_size=image_size,
-        seconds=seconds,
-        workers=workers,
-        seed=seed,
-        overwrite=overwrite,
+        options,
         empty_hint=f"no usable clips found under {root}",
     )

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from scldm.data.manifest import split_official, split_wen
 from scldm.data.prepare.common import ClipJob, PrepareReport, run_clip_jobs
+from scldm.data.prepare.options import PrepareOptions
 from scldm.errors import InputError
 
 SPEAKER_DIR = re.compile(r"^id\d{5}$")
@@ -163,11 +164,7 @@ def prepare_voxceleb(
     *,
     split: str = "official",
     max_clips_per_speaker: int | None = None,
-    image_size: int = 224,
-    seconds: float = 6.0,
-    workers: int = 1,
-    seed: int = 0,
-    overwrite: bool = False,
+    options: PrepareOptions | None = None,
 ) -> PrepareReport:
     """Prepare VoxCeleb1 or 2 into `out` (see the module docstring); returns the report.
 
@@ -176,6 +173,7 @@ def prepare_voxceleb(
     images, and unreadable clips, are skipped and counted by reason (counts are clips).
     """
     audio_root, faces_root, out = Path(audio_root), Path(faces_root), Path(out)
+    options = options or PrepareOptions()
     for folder in (audio_root, faces_root):
         if not folder.is_dir():
             raise InputError(folder, "no such folder")
@@ -234,18 +232,14 @@ def prepare_voxceleb(
 
     def split_of(genders: dict[str, str | None]) -> dict[str, str]:
         if split == "wen":
-            return split_wen({s: speakers[s].name for s in genders}, genders, seed=seed)
-        return split_official({s: speakers[s].set for s in genders}, genders, seed=seed)
+            return split_wen({s: speakers[s].name for s in genders}, genders, seed=options.seed)
+        return split_official({s: speakers[s].set for s in genders}, genders, seed=options.seed)
 
     return run_clip_jobs(
         jobs,
         out,
         report,
-        image_size=image_size,
-        seconds=seconds,
-        workers=workers,
-        seed=seed,
-        overwrite=overwrite,
+        options,
         split_of=split_of,
         empty_hint=f"no usable clips found under {audio_root}",
     )

