@@ -48,9 +48,7 @@ demo: install
 	$(VENV)/bin/scldm train --encoders $(DEMO)/encoders --data $(DEMO)/data --out $(DEMO)/ldm \
 	  --config small --set train.max_steps=600 --set train.eval_every=300 --set decoder.steps=0 \
 	  --resume latest
-	$(VENV)/bin/scldm generate $$($(PY) -c "from scldm.data.manifest import read_manifest as r; \
-	  print(*sorted({x['audio'] for x in r('$(DEMO)/data', split='test') if x['audio'].endswith('/0.wav')})[:4])" \
-	  | sed 's|[^ ]*|$(DEMO)/data/&|g') \
+	$(VENV)/bin/scldm generate --data $(DEMO)/data --split test --speakers 4 \
 	  --model $(DEMO)/ldm/pipeline -o $(DEMO)/faces --num-images 4
 	$(VENV)/bin/scldm evaluate --model $(DEMO)/ldm/pipeline --data $(DEMO)/data \
 	  --oracle $(DEMO)/oracle -o $(DEMO)/eval --batch-size 48 > $(DEMO)/eval.log
