@@ -31,9 +31,8 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
         "cross_attention_dim": 16,
         "attention_head_dim": 2,
     },
-    # SynthVox on 2 CPU cores: 64 px faces → latents 4 × 8 × 8, attention at 8 × 8 and 4 × 4;
-    # 1.1M parameters, ~0.6 s per batch of 64 on one busy core (widths 64/128 with two layers
-    # per block, 6.3M, took 5.5 s per batch of 128: too slow for a CPU run)
+    # SynthVox on a CPU: 64 px faces → latents 4 × 8 × 8, attention at 8 × 8 and 4 × 4; 1.1M
+    # parameters, sized so stage 2 trains in minutes on 2 cores (benchmarks/stage2_train.py)
     "small": {
         "sample_size": 8,
         "in_channels": 4,

@@ -17,9 +17,8 @@ from scldm.models.blocks import POOL, ConvNormAct, init_module, split_vgg_blocks
 FACE_DECODER_PRESETS: dict[str, dict] = {
     # the first three blocks of the matching FACE_ENCODER_PRESETS entry, mirrored
     "tiny": {"widths": (4, 4, POOL, 8, 8, POOL, 8, 8, 8, POOL), "image_size": 32},
-    # twice the small encoder's widths, with BatchNorm: at the encoder's widths (38k parameters)
-    # reconstructions were too blurry for the oracle to read age (within ±10 y: 0.56 → 0.73,
-    # PSNR 22.1 → 23.4 dB after 300 autoencoder-only steps; 8 latent channels instead gave 0.58)
+    # twice the small encoder's widths, with BatchNorm: at the encoder's own widths the
+    # reconstructions lost the detail the oracle reads age from (docs/notes/ has the comparison)
     "small": {
         "widths": (16, 16, POOL, 32, 32, POOL, 64, 64, 64, POOL),
         "batch_norm": True,
