@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,11 +26,13 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
+from scldm.config import OptimConfig
 from scldm.data.manifest import read_manifest
 from scldm.data.synthvox.attributes import CATEGORIES, FACE_ONLY, GENDER_LINKED_FACE, LINKED
 from scldm.errors import InputError
 from scldm.faces import load_face
 from scldm.io import write_text
+from scldm.optim import lr_at, set_lr
 
 log = logging.getLogger(__name__)
 CLASSES = tuple((name, CATEGORIES[name]) for name in ("gender", *FACE_ONLY, *GENDER_LINKED_FACE))
@@ -299,17 +300,19 @@ def train_oracle(
     seed: int,
     batch_size: int = 64,
 ) -> SynthVoxOracle:
-    """Train a fresh oracle on uint8 faces (N, 3, H, W): AdamW, warm-up then cosine decay."""
+    """Train a fresh oracle on uint8 faces (N, 3, H, W): AdamW, 50 warm-up steps then cosine
+    decay to 0 (`scldm.optim.lr_at`, the training stages' schedule)."""
     torch.manual_seed(seed)
     model = SynthVoxOracle(image_size=faces.shape[-1])
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=5e-4)
+    optim = OptimConfig(lr=3e-3, weight_decay=5e-4, warmup_steps=50, min_lr_ratio=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
+    for group in opt.param_groups:
+        group["base_lr"] = optim.lr
     g = torch.Generator().manual_seed(seed)
     model.train()
     bar = tqdm(range(steps), desc="oracle", unit="step", dynamic_ncols=True, disable=None)
     for step in bar:
-        lr = 3e-3 * min(1.0, (step + 1) / 50) * 0.5 * (1 + math.cos(math.pi * step / steps))
-        for group in opt.param_groups:
-            group["lr"] = lr
+        set_lr(opt, lr_at(step, optim, steps))
         idx = torch.randint(0, len(faces), (batch_size,), generator=g)
         _, out = model(_augment(faces[idx], g))
         loss, logs = oracle_loss(out, {k: v[idx] for k, v in target.items()})
