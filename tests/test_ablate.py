@@ -13,14 +13,36 @@ from PIL import Image
 
 from scldm.cli import main
 from scldm.config import EncoderStageConfig, load_config
+from scldm.data.manifest import read_manifest
 from scldm.errors import InputError
 from scldm.evaluation.synthvox_oracle import SynthVoxOracle
+from scldm.experiments import ablate as ablate_mod
+from scldm.experiments.ablate import ablate, lam_name, split_overrides, stage_configs
 from scldm.models import SpeechEncoder
-from scldm.training import ablate as ablate_mod
-from scldm.training.ablate import ablate, split_overrides, stage_configs
 from scldm.training.encoders import build_model
 
 STEPS = ["--set", "pretrain.train.max_steps=2", "--set", "train.train.max_steps=2"]
+LAMBDAS = (0.0, 0.01)
+MAX_CLIPS = 6
+
+
+def evaluated_clips(data):
+    """The test clips the ablation evaluates (the first MAX_CLIPS of the split) and their
+    speakers, read from the manifest the fixture prepared."""
+    rows = read_manifest(data, split="test")[:MAX_CLIPS]
+    return rows, list(dict.fromkeys(r["speaker_id"] for r in rows))
+
+
+def planned_steps(data):
+    """How many steps the plan has: two stage-1 runs and the prior, one stage-2 run per distinct
+    λ_train (base, 0, the preset's λ_train and the sweep's), one evaluation per distinct
+    (run, λ_infer) of the rows and the sweep."""
+    _, ldm = stage_configs("tiny", data, [])
+    lam_t, lam_i = lam_name(ldm.lambda_train), lam_name(ldm.sampling.prior_scale)
+    trains = {lam_name(t) for t in (0.0, ldm.lambda_train, *LAMBDAS)}
+    evals = {("base", "0"), ("0", "0"), (lam_t, lam_i)}
+    evals |= {(lam_name(t), lam_name(i)) for t in LAMBDAS for i in LAMBDAS}
+    return 3 + 1 + len(trains) + len(evals)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +55,8 @@ def ablation(tiny_stage1, tmp_path_factory):
     )
     out = root / "out"
     argv = ["ablate", "--data", str(data), "--out", str(out), "--oracle", str(root / "oracle")]
-    argv += ["--config", "tiny", *STEPS, "--lambdas", "0,0.01", "--max-clips", "6"]
+    lambdas = ",".join(lam_name(v) for v in LAMBDAS)
+    argv += ["--config", "tiny", *STEPS, "--lambdas", lambdas, "--max-clips", str(MAX_CLIPS)]
     assert main(argv) == 0
     return data, out, argv
 
@@ -55,26 +78,46 @@ def test_ablate_writes_table4_sweep_grids_and_report(ablation):
     with open(out / "table4.csv") as f:
         t4 = list(csv.DictReader(f))
     assert [r["row"] for r in t4] == ["base", "+CP", "+CP+PN", "true-face floor", "chance"]
-    assert float(t4[3]["R@1_pct"]) >= 0 and t4[2]["lambda_infer"] == "0.01"
+    assert t4[2]["lambda_infer"] == "0.01"
+    rows, voices = evaluated_clips(data)
+    # every evaluation ranks all its speakers in one pool (fewer than the pool size of 100)
+    pool = len(voices)
+    assert float(t4[3]["R@1_pct"]) >= float(t4[4]["R@1_pct"])  # true-face floor ≥ chance
     with open(out / "lambda_sweep.csv") as f:
         sweep = list(csv.DictReader(f))
-    assert len(sweep) == 4  # len(lambdas)²
-    assert {(r["lambda_train"], r["lambda_infer"]) for r in sweep} == {
-        ("0", "0"),
-        ("0", "0.01"),
-        ("0.01", "0"),
-        ("0.01", "0.01"),
-    }
+    names = [lam_name(v) for v in LAMBDAS]
+    assert [(r["lambda_train"], r["lambda_infer"]) for r in sweep] == [
+        (t, i) for t in names for i in names
+    ]
     assert all(r["cos_x100"] != "" for r in sweep)
-    # the sweep's evaluations are the λ_infer settings they claim, on 6 clips
+    # the sweep's evaluations are the λ_infer settings they claim, on the planned clips
     m = json.loads((out / "ldm-train0" / "eval" / "infer0.01" / "metrics.json").read_text())
-    assert m["model"]["prior_scale"] == 0.01 and m["counts"]["clips"] == 6
-    assert m["settings"]["seed"] == 0 and "synthvox" in m["features"]
-    # true | base | +CP | +CP+PN for each test voice (3 here), from the evaluations' images
+    assert m["model"]["prior_scale"] == 0.01 and m["settings"]["seed"] == 0
+    assert m["counts"]["clips"] == len(rows) and m["counts"]["speakers"] == len(voices)
+    assert m["features"]["synthvox"]["chance"]["pool_size"] == pool
+    # true | base | +CP | +CP+PN (96 px and a caption each) for each test voice, read from the
+    # evaluations' images
     grid = Image.open(out / "grids.png")
     assert grid.size[0] > 4 * 96 > grid.size[0] - 4 * 10
+    assert len(voices) * 96 < grid.size[1] < len(voices) * (96 + 40)
     report = (out / "report.md").read_text()
     assert "loss/contrastive" in report and "![grids](grids.png)" in report
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the chance row's retrieval queries with a deranged partner's true faces, which "
+    "retrieve that partner's key: its R@1 sits near 0, not at K/pool as the report's "
+    "'chance: 1 in <pool>' says",
+)
+def test_ablate_chance_retrieval_is_one_in_the_pool(ablation):
+    data, out, _ = ablation
+    _, voices = evaluated_clips(data)
+    with open(out / "table4.csv") as f:
+        chance = {r["row"]: r for r in csv.DictReader(f)}["chance"]
+    # R@1 of a face unrelated to the speaker: 1 in the pool of every evaluated speaker, within
+    # its 95 % CI
+    assert float(chance["R@1_pct_ci_low"]) <= 100 / len(voices) <= float(chance["R@1_pct_ci_high"])
 
 
 def test_ablate_runs_are_what_the_rows_say(ablation):
@@ -121,8 +164,9 @@ def test_ablate_rerun_is_a_no_op(ablation, monkeypatch, caplog):
     with caplog.at_level("INFO", logger="scldm.ablate"):
         assert main(argv) == 0
     lines = [r.getMessage() for r in caplog.records if r.name == "scldm.ablate"]
-    assert len(lines) == 11 and all(ln.endswith("done earlier, reused") for ln in lines)
-    assert lines[0].startswith("[1/11] stage 1 without contrastive pre-training")
+    steps = planned_steps(argv[2])
+    assert len(lines) == steps and all(ln.endswith("done earlier, reused") for ln in lines)
+    assert lines[0].startswith(f"[1/{steps}] stage 1 without contrastive pre-training")
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
     # other settings in the same folder are refused, naming what changed
@@ -133,8 +177,8 @@ def test_ablate_rerun_is_a_no_op(ablation, monkeypatch, caplog):
             oracle=argv[6],
             preset="tiny",
             overrides=["pretrain.train.max_steps=2", "train.train.max_steps=3"],
-            lambdas=[0, 0.01],
-            max_clips=6,
+            lambdas=LAMBDAS,
+            max_clips=MAX_CLIPS,
         )
 
 

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from scldm.data.synthvox.attributes import FACE_ONLY, GENDER_LINKED_FACE, LINKED
-from scldm.evaluation.evaluate import CONDITIONS, fmt
+from scldm.evaluation.evaluate import CONDITIONS
+from scldm.evaluation.report import fmt
 from scldm.io import write_text
 
 GROUPS = {

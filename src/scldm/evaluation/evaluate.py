@@ -8,7 +8,8 @@ run resumes). They are compared with three references built from the same data:
   perfect model could score (when a speaker has a single image, the floor is not reported);
 - `chance`: the true face of a randomly paired other speaker (a seeded derangement).
 A generator plugs in through `FaceGenerator` (voices → faces), so baselines are scored the
-same way as SCLDM.
+same way as SCLDM. The clips and their references are planned by `scldm.evaluation.clips`, the
+report's tables and pictures written by `scldm.evaluation.report`.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ import torch
 from tqdm.auto import tqdm
 
 from scldm import __version__
-from scldm.data.manifest import read_manifest
 from scldm.errors import InputError
+from scldm.evaluation.clips import Clip, EvalSettings, image_path, plan_clips
 from scldm.evaluation.metrics import (
     age_errors,
     feature_distances,
@@ -36,14 +37,14 @@ from scldm.evaluation.metrics import (
     pooled_hits,
     summarise,
 )
-from scldm.faces import load_face_tensor, make_grid, save_image, to_pil
-from scldm.io import save_figure, write_json, write_text
+from scldm.faces import load_face_tensor, save_image, to_pil
+from scldm.io import write_json, write_text
 
 log = logging.getLogger(__name__)
 
 CONDITIONS = ("model", "floor", "chance")
 DISTANCES = ("l1", "l2", "cos")
-NOT_LABELS = {"speaker_id", "audio", "face", "faces", "split", "source"}  # manifest fields
+DEFAULT_SETTINGS = EvalSettings()
 
 
 class FaceGenerator(Protocol):
@@ -88,75 +89,9 @@ class PipelineGenerator:
         return out * 2 - 1
 
 
-@dataclass(frozen=True)
-class EvalSettings:
-    split: str = "test"
-    num_images: int = 1
-    seed: int = 0
-    max_clips: int | None = None
-    batch_size: int = 16
-    pool_size: int = 100
-    age_tolerance: float = 10.0
-    bootstrap: int = 1000
-
-
-@dataclass
-class Clip:
-    index: int
-    speaker: str
-    audio: Path
-    face: Path
-    other_face: Path | None  # another image of the same speaker: the floor's reference
-    chance_face: Path  # a face of a different speaker: chance
-    labels: dict[str, Any] = field(default_factory=dict)
-
-
-def plan_clips(data: Path, split: str, *, max_clips: int | None, seed: int) -> list[Clip]:
-    """The clips of `split` in manifest order (the first `max_clips`), each with its floor and
-    chance references. Chance pairs every speaker with another by a seeded derangement."""
-    rows = read_manifest(data, split=split)
-    if max_clips is not None:
-        rows = rows[:max_clips]
-    if not rows:
-        raise InputError(data, f"has no clips in split {split!r}")
-    speakers = sorted({r["speaker_id"] for r in rows})
-    if len(speakers) < 2:
-        raise InputError(data, f"split {split!r} needs at least 2 speakers for chance")
-    images: dict[str, list[str]] = {}
-    for r in read_manifest(data):  # every image of a speaker, from all of its rows
-        if r["speaker_id"] in speakers:
-            for f in [r["face"], *r.get("faces", [])]:
-                if f not in images.setdefault(r["speaker_id"], []):
-                    images[r["speaker_id"]].append(f)
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(len(speakers))
-    # a cyclic shift of a random order: a derangement, so nobody is paired with themself
-    partner = {speakers[perm[i]]: speakers[perm[(i + 1) % len(perm)]] for i in range(len(perm))}
-    clips = []
-    for i, r in enumerate(rows):
-        s = r["speaker_id"]
-        others = [f for f in images[s] if f != r["face"]]
-        clips.append(
-            Clip(
-                index=i,
-                speaker=s,
-                audio=data / r["audio"],
-                face=data / r["face"],
-                other_face=data / others[i % len(others)] if others else None,
-                chance_face=data / images[partner[s]][i % len(images[partner[s]])],
-                labels={k: v for k, v in r.items() if k not in NOT_LABELS},
-            )
-        )
-    return clips
-
-
 def _seed_for(seed: int, clip: Clip, k: int) -> int:
     digest = hashlib.sha256(f"{seed}/{clip.audio.name}/{clip.speaker}/{clip.index}/{k}".encode())
     return int.from_bytes(digest.digest()[:8], "little") >> 1
-
-
-def image_path(out: Path, clip: Clip, k: int) -> Path:
-    return out / "images" / f"{clip.index:06d}_{k}.png"
 
 
 def generate_cached(
@@ -383,7 +318,7 @@ def evaluate(
     *,
     features: Mapping[str, Any],
     attributes: Mapping[str, Any],
-    settings: EvalSettings = EvalSettings(),
+    settings: EvalSettings = DEFAULT_SETTINGS,
     model_path: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -439,157 +374,7 @@ def evaluate(
         log.info("scoring attributes: %s", name)
         result["attributes"][name] = score_attributes(estimator, faces, clips, settings)
     write_json(out / "metrics.json", result, indent=1)
+    from scldm.evaluation.report import write_report  # it reads this module's types
+
     write_report(result, clips, faces, out, settings)
     return result
-
-
-# --- Report ----------------------------------------------------------------------------------
-
-
-def fmt(m: Mapping[str, Any] | None, digits: int = 2, scale: float = 1.0) -> str:
-    """'value [low, high]' of a summarised metric; n/a when missing."""
-    if not m or not np.isfinite(m["value"]):
-        return "n/a"
-    v, (lo, hi) = m["value"] * scale, (x * scale for x in m["ci"])
-    return f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
-
-
-def feature_table(name: str, res: Mapping[str, Any]) -> str:
-    """The paper's Table 2 layout for one feature network: L1, L2, cosine on L2-normalised
-    features against the clip's face, then retrieval."""
-    lines = [
-        f"| {name} | L1 ↓ | L2 ↓ | cos ×100 ↓ | cos ×100 to speaker mean ↓ | R@1 | R@5 | R@10 |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for cond in CONDITIONS:
-        m = res.get(cond)
-        if m is None:
-            lines.append(f"| {cond} | n/a | n/a | n/a | n/a | n/a | n/a | n/a |")
-            continue
-        cells = [fmt(m[f"{d}/l2norm/clip"]) for d in DISTANCES]
-        cells.append(fmt(m["cos/l2norm/speaker"]))
-        cells += [fmt(m[f"R@{k}"], 1, 100) for k in (1, 5, 10)]
-        lines.append(f"| {cond} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def attribute_table(name: str, res: Mapping[str, Any]) -> str:
-    keys = [k for k in (res.get("model") or {}) if k]
-    head = [k.replace("_", " ") for k in keys]
-    lines = [f"| {name} | " + " | ".join(head) + " |", "|---|" + "---|" * len(keys)]
-    for cond in CONDITIONS:
-        m = res.get(cond)
-        cells = ["n/a" if m is None else fmt(m.get(k), 1 if k == "age_mae" else 3) for k in keys]
-        lines.append(f"| {cond} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _plot(result: Mapping[str, Any], path: Path) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [(f"{n}: cos ×100 (↓)", r, "cos/l2norm/clip") for n, r in result["features"].items()]
-    panels += [
-        (f"{n}: {k.replace('_', ' ')}", r, k)
-        for n, r in result["attributes"].items()
-        for k in ("gender_acc", "age_within")
-        if r.get("model") and k in r["model"]
-    ]
-    if not panels:
-        return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3), squeeze=False)
-    for ax, (title, res, key) in zip(axes[0], panels, strict=True):
-        conds = [c for c in CONDITIONS if res.get(c)]
-        vals = [res[c][key]["value"] for c in conds]
-        errs = np.array(
-            [
-                [v - res[c][key]["ci"][0], res[c][key]["ci"][1] - v]
-                for c, v in zip(conds, vals, strict=True)
-            ]
-        ).T
-        ax.bar(
-            conds,
-            vals,
-            yerr=errs,
-            capsize=4,
-            color=["tab:blue", "tab:green", "tab:grey"][: len(conds)],
-        )
-        ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return save_figure(fig, path, dpi=110)
-
-
-def sample_grid(
-    clips: Sequence[Clip], faces: Faces, num_images: int, path: Path, *, speakers: int = 8
-) -> Path:
-    """true face | K generated faces for the first clip of up to `speakers` speakers."""
-    firsts, seen = [], set()
-    for c in clips:
-        if c.speaker not in seen:
-            seen.add(c.speaker)
-            firsts.append(c)
-    firsts = firsts[:speakers]
-    images, captions = [], []
-    for c in firsts:
-        images.append(faces.images["true"][c.index])
-        tag = " ".join(str(c.labels[k]) for k in ("gender", "age") if c.labels.get(k) is not None)
-        captions.append(f"true {tag}".strip())
-        for k in range(num_images):
-            images.append(faces.images["model"][c.index * num_images + k])
-            captions.append("generated")
-    return save_image(make_grid(images, ncols=1 + num_images, captions=captions), path)
-
-
-def write_report(
-    result: Mapping[str, Any],
-    clips: Sequence[Clip],
-    faces: Faces,
-    out: Path,
-    settings: EvalSettings,
-) -> Path:
-    grid = sample_grid(clips, faces, settings.num_images, out / "samples.png")
-    plot = _plot(result, out / "metrics.png")
-    c = result["counts"]
-    lines = [
-        "# Evaluation",
-        "",
-        f"Model `{result['model'].get('path') or result['model']['name']}` on `{result['data']}`, "
-        f"split `{settings.split}`: {c['clips']} clips of {c['speakers']} speakers, "
-        f"{settings.num_images} generated face(s) per clip (seed {settings.seed}). Generation: "
-        + ", ".join(f"{k} {v}" for k, v in result["model"].items() if k not in ("name", "path"))
-        + ".",
-        "",
-        "Every cell is `value [95 % CI]`: the mean over speakers, with a bootstrap over speakers. "
-        "Rows: **model** (generated vs the clip's true face), **floor** (another true image of "
-        "the same speaker: what a perfect model scores) and **chance** (a true face of a "
-        "randomly paired speaker). Conventions in full are in metrics.json.",
-        "",
-    ]
-    for name, res in result["features"].items():
-        conv = ", ".join(f"{k}: {v}" for k, v in res["convention"].items())
-        lines += [
-            f"## Feature distances and retrieval: `{name}`",
-            "",
-            f"Convention: {conv}. Distances on L2-normalised features against the clip's face; "
-            f"retrieval by speaker in pools of {settings.pool_size} (or everyone, if fewer).",
-            f"Faces not found: {res['not_found']}.",
-            "",
-            feature_table(name, res),
-            "",
-        ]
-    for name, res in result["attributes"].items():
-        conv = ", ".join(f"{k}: {v}" for k, v in res["convention"].items())
-        lines += [
-            f"## Attributes: `{name}`",
-            "",
-            f"Convention: {conv}. Faces not found: {res['not_found']}.",
-            "",
-            attribute_table(name, res),
-            "",
-        ]
-    if plot is not None:
-        lines += [f"![metrics]({plot.name})", ""]
-    lines += ["## Samples (true | generated)", "", f"![samples]({grid.name})", ""]
-    return write_text(out / "report.md", "\n".join(lines))

@@ -1,0 +1,83 @@
+"""What an evaluation covers: its settings, and the clips of a split with the references each
+is compared with (the true face, the floor's other image of the speaker, chance's face of another
+speaker), and where a clip's generated faces are cached.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scldm.data.manifest import read_manifest
+from scldm.errors import InputError
+
+NOT_LABELS = {"speaker_id", "audio", "face", "faces", "split", "source"}  # manifest fields
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    split: str = "test"
+    num_images: int = 1
+    seed: int = 0
+    max_clips: int | None = None
+    batch_size: int = 16
+    pool_size: int = 100
+    age_tolerance: float = 10.0
+    bootstrap: int = 1000
+
+
+@dataclass
+class Clip:
+    index: int
+    speaker: str
+    audio: Path
+    face: Path
+    other_face: Path | None  # another image of the same speaker: the floor's reference
+    chance_face: Path  # a face of a different speaker: chance
+    labels: dict[str, Any] = field(default_factory=dict)
+
+
+def plan_clips(data: Path, split: str, *, max_clips: int | None, seed: int) -> list[Clip]:
+    """The clips of `split` in manifest order (the first `max_clips`), each with its floor and
+    chance references. Chance pairs every speaker with another by a seeded derangement."""
+    rows = read_manifest(data, split=split)
+    if max_clips is not None:
+        rows = rows[:max_clips]
+    if not rows:
+        raise InputError(data, f"has no clips in split {split!r}")
+    speakers = sorted({r["speaker_id"] for r in rows})
+    if len(speakers) < 2:
+        raise InputError(data, f"split {split!r} needs at least 2 speakers for chance")
+    images: dict[str, list[str]] = {}
+    for r in read_manifest(data):  # every image of a speaker, from all of its rows
+        if r["speaker_id"] in speakers:
+            for f in [r["face"], *r.get("faces", [])]:
+                if f not in images.setdefault(r["speaker_id"], []):
+                    images[r["speaker_id"]].append(f)
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(speakers))
+    # a cyclic shift of a random order: a derangement, so nobody is paired with themself
+    partner = {speakers[perm[i]]: speakers[perm[(i + 1) % len(perm)]] for i in range(len(perm))}
+    clips = []
+    for i, r in enumerate(rows):
+        s = r["speaker_id"]
+        others = [f for f in images[s] if f != r["face"]]
+        clips.append(
+            Clip(
+                index=i,
+                speaker=s,
+                audio=data / r["audio"],
+                face=data / r["face"],
+                other_face=data / others[i % len(others)] if others else None,
+                chance_face=data / images[partner[s]][i % len(images[partner[s]])],
+                labels={k: v for k, v in r.items() if k not in NOT_LABELS},
+            )
+        )
+    return clips
+
+
+def image_path(out: Path, clip: Clip, k: int) -> Path:
+    return out / "images" / f"{clip.index:06d}_{k}.png"

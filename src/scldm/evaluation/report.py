@@ -1,0 +1,167 @@
+"""The report of `scldm evaluate` beside its metrics.json: report.md with the paper's Table 2
+layout per feature network and one table per attribute estimator (every cell `value [95 % CI]`
+for model, floor and chance), metrics.png (the headline metrics as bars) and samples.png (true
+face | generated faces).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scldm.evaluation.clips import Clip, EvalSettings
+from scldm.evaluation.evaluate import CONDITIONS, DISTANCES, Faces
+from scldm.faces import make_grid, save_image
+from scldm.io import save_figure, write_text
+
+
+def fmt(m: Mapping[str, Any] | None, digits: int = 2, scale: float = 1.0) -> str:
+    """'value [low, high]' of a summarised metric; n/a when missing."""
+    if not m or not np.isfinite(m["value"]):
+        return "n/a"
+    v, (lo, hi) = m["value"] * scale, (x * scale for x in m["ci"])
+    return f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def feature_table(name: str, res: Mapping[str, Any]) -> str:
+    """The paper's Table 2 layout for one feature network: L1, L2, cosine on L2-normalised
+    features against the clip's face, then retrieval."""
+    lines = [
+        f"| {name} | L1 ↓ | L2 ↓ | cos ×100 ↓ | cos ×100 to speaker mean ↓ | R@1 | R@5 | R@10 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for cond in CONDITIONS:
+        m = res.get(cond)
+        if m is None:
+            lines.append(f"| {cond} | n/a | n/a | n/a | n/a | n/a | n/a | n/a |")
+            continue
+        cells = [fmt(m[f"{d}/l2norm/clip"]) for d in DISTANCES]
+        cells.append(fmt(m["cos/l2norm/speaker"]))
+        cells += [fmt(m[f"R@{k}"], 1, 100) for k in (1, 5, 10)]
+        lines.append(f"| {cond} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def attribute_table(name: str, res: Mapping[str, Any]) -> str:
+    keys = [k for k in (res.get("model") or {}) if k]
+    head = [k.replace("_", " ") for k in keys]
+    lines = [f"| {name} | " + " | ".join(head) + " |", "|---|" + "---|" * len(keys)]
+    for cond in CONDITIONS:
+        m = res.get(cond)
+        cells = ["n/a" if m is None else fmt(m.get(k), 1 if k == "age_mae" else 3) for k in keys]
+        lines.append(f"| {cond} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _plot(result: Mapping[str, Any], path: Path) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(f"{n}: cos ×100 (↓)", r, "cos/l2norm/clip") for n, r in result["features"].items()]
+    panels += [
+        (f"{n}: {k.replace('_', ' ')}", r, k)
+        for n, r in result["attributes"].items()
+        for k in ("gender_acc", "age_within")
+        if r.get("model") and k in r["model"]
+    ]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3), squeeze=False)
+    for ax, (title, res, key) in zip(axes[0], panels, strict=True):
+        conds = [c for c in CONDITIONS if res.get(c)]
+        vals = [res[c][key]["value"] for c in conds]
+        errs = np.array(
+            [
+                [v - res[c][key]["ci"][0], res[c][key]["ci"][1] - v]
+                for c, v in zip(conds, vals, strict=True)
+            ]
+        ).T
+        ax.bar(
+            conds,
+            vals,
+            yerr=errs,
+            capsize=4,
+            color=["tab:blue", "tab:green", "tab:grey"][: len(conds)],
+        )
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=110)
+
+
+def sample_grid(
+    clips: Sequence[Clip], faces: Faces, num_images: int, path: Path, *, speakers: int = 8
+) -> Path:
+    """true face | K generated faces for the first clip of up to `speakers` speakers."""
+    firsts, seen = [], set()
+    for c in clips:
+        if c.speaker not in seen:
+            seen.add(c.speaker)
+            firsts.append(c)
+    firsts = firsts[:speakers]
+    images, captions = [], []
+    for c in firsts:
+        images.append(faces.images["true"][c.index])
+        tag = " ".join(str(c.labels[k]) for k in ("gender", "age") if c.labels.get(k) is not None)
+        captions.append(f"true {tag}".strip())
+        for k in range(num_images):
+            images.append(faces.images["model"][c.index * num_images + k])
+            captions.append("generated")
+    return save_image(make_grid(images, ncols=1 + num_images, captions=captions), path)
+
+
+def write_report(
+    result: Mapping[str, Any],
+    clips: Sequence[Clip],
+    faces: Faces,
+    out: Path,
+    settings: EvalSettings,
+) -> Path:
+    grid = sample_grid(clips, faces, settings.num_images, out / "samples.png")
+    plot = _plot(result, out / "metrics.png")
+    c = result["counts"]
+    lines = [
+        "# Evaluation",
+        "",
+        f"Model `{result['model'].get('path') or result['model']['name']}` on `{result['data']}`, "
+        f"split `{settings.split}`: {c['clips']} clips of {c['speakers']} speakers, "
+        f"{settings.num_images} generated face(s) per clip (seed {settings.seed}). Generation: "
+        + ", ".join(f"{k} {v}" for k, v in result["model"].items() if k not in ("name", "path"))
+        + ".",
+        "",
+        "Every cell is `value [95 % CI]`: the mean over speakers, with a bootstrap over speakers. "
+        "Rows: **model** (generated vs the clip's true face), **floor** (another true image of "
+        "the same speaker: what a perfect model scores) and **chance** (a true face of a "
+        "randomly paired speaker). Conventions in full are in metrics.json.",
+        "",
+    ]
+    for name, res in result["features"].items():
+        conv = ", ".join(f"{k}: {v}" for k, v in res["convention"].items())
+        lines += [
+            f"## Feature distances and retrieval: `{name}`",
+            "",
+            f"Convention: {conv}. Distances on L2-normalised features against the clip's face; "
+            f"retrieval by speaker in pools of {settings.pool_size} (or everyone, if fewer).",
+            f"Faces not found: {res['not_found']}.",
+            "",
+            feature_table(name, res),
+            "",
+        ]
+    for name, res in result["attributes"].items():
+        conv = ", ".join(f"{k}: {v}" for k, v in res["convention"].items())
+        lines += [
+            f"## Attributes: `{name}`",
+            "",
+            f"Convention: {conv}. Faces not found: {res['not_found']}.",
+            "",
+            attribute_table(name, res),
+            "",
+        ]
+    if plot is not None:
+        lines += [f"![metrics]({plot.name})", ""]
+    lines += ["## Samples (true | generated)", "", f"![samples]({grid.name})", ""]
+    return write_text(out / "report.md", "\n".join(lines))
