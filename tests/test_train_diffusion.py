@@ -1,18 +1,45 @@
 """Stage 2 end to end with the tiny presets: `scldm train` on cached latents, the exported
-pipeline, `scldm generate`, and cache reuse across runs."""
+pipeline, `scldm generate` (on a trained and on a tiny random pipeline), and cache reuse across
+runs."""
 
 from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from conftest import tone, write_wav
+from scldm.audio import SpectrogramFrontend
 from scldm.cli import main
+from scldm.data.manifest import write_manifest
+from scldm.diffusion import FacePrior, build_unet, make_scheduler
 from scldm.diffusion.pipeline import SpeechToFacePipeline
+from scldm.models import FACE_DECODER_PRESETS, SPEECH_ENCODER_PRESETS, FaceDecoder, SpeechEncoder
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(tmp_path_factory) -> Path:
+    """A saved SpeechToFacePipeline of tiny random components (32 px), sampling in 2 steps."""
+    torch.manual_seed(0)
+    frontend = SpectrogramFrontend(n_fft=128, win_length=128, hop_length=64, segment_seconds=0.5)
+    pipe = SpeechToFacePipeline(
+        frontend=frontend,
+        speech_encoder=SpeechEncoder(**SPEECH_ENCODER_PRESETS["tiny"]).eval(),
+        unet=build_unet({"preset": "tiny"}).eval(),
+        scheduler=make_scheduler("dpm++"),
+        face_decoder=FaceDecoder(**FACE_DECODER_PRESETS["tiny"], scaling_factor=0.7).eval(),
+        prior=FacePrior(prior=torch.randn(4, 4, 4), lambda_infer=0.5),
+    )
+    pipe.set_sampling(num_inference_steps=2)
+    path = tmp_path_factory.mktemp("pipeline")
+    pipe.save_pretrained(path)
+    return path
 
 
 def test_train_then_generate(tiny_stage1, tmp_path, capsys):
@@ -71,13 +98,60 @@ def test_train_then_generate(tiny_stage1, tmp_path, capsys):
     assert not (tmp_path / "d").exists()
 
 
-def test_generate_rejects_bad_input(tiny_stage1, tmp_path, capsys):
-    data, _ = tiny_stage1
+def test_generate_writes_the_image_the_pipeline_gives(tiny_pipeline, tmp_path, capsys):
+    voice = write_wav(tmp_path / "voice.wav", tone(220.0, 0.7))
+    out = tmp_path / "out"
+    argv = ["generate", str(voice), "--model", str(tiny_pipeline), "-o", str(out)]
+    assert main([*argv, "--seed", "7", "--num-images", "1"]) == 0
+    assert capsys.readouterr().out.split() == [str(out / "voice_0.png")]
+    pipe = SpeechToFacePipeline.from_pretrained(tiny_pipeline)
+    expected = pipe(str(voice), generator=torch.Generator().manual_seed(7)).images[0]
+    assert np.array_equal(np.asarray(Image.open(out / "voice_0.png")), np.asarray(expected))
+
+
+def test_generate_rejects_bad_input(tiny_pipeline, tmp_path, capsys):
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"not audio at all")
-    assert main(["generate", str(bad), "--model", str(tmp_path), "-o", str(tmp_path / "o")]) == 2
+    good = write_wav(tmp_path / "good.wav", tone(220.0, 0.7))
+    model = ["--model", str(tiny_pipeline), "-o", str(tmp_path / "o")]
+    for audio, problem in [
+        (bad, "bad.wav: "),  # read by the real pipeline: it names the file and the problem
+        (tmp_path / "missing.wav", "missing.wav: no such file"),
+    ]:
+        assert main(["generate", str(audio), str(good), *model]) == 2
+        err = capsys.readouterr().err  # diffusers' loading bar (\r-separated), then one line
+        last = err.rstrip("\n").split("\n")[-1].split("\r")[-1]
+        assert last.startswith("scldm: error: ") and problem in last, err
+        assert err.count("scldm: error") == 1 and "Traceback" not in err, err
+        assert not (tmp_path / "o").exists()  # the bad file is named before any output
+    assert main(["generate", str(good), "--model", str(tmp_path), "-o", str(tmp_path / "o")]) == 2
     assert "not a pipeline folder" in capsys.readouterr().err
-    assert not (tmp_path / "o").exists()
+
+
+def test_generate_data_picks_one_clip_per_speaker(tiny_pipeline, tmp_path, capsys):
+    data = tmp_path / "data"
+    rows = []
+    for i, spk in enumerate(["b", "a", "c"]):
+        for clip in (0, 1):
+            write_wav(data / "audio" / spk / f"{clip}.wav", tone(200.0 + 50 * i + clip, 0.6))
+            audio, face = f"audio/{spk}/{clip}.wav", f"faces/{spk}/{clip}.jpg"
+            rows.append({"speaker_id": spk, "audio": audio, "face": face, "split": "test"})
+    write_manifest([{**r, "gender": None, "age": None, "source": "folder"} for r in rows], data)
+    model = ["--model", str(tiny_pipeline), "--seed", "3"]
+    assert (
+        main(
+            ["generate", "--data", str(data), "--speakers", "2", *model, "-o", str(tmp_path / "p")]
+        )
+        == 0
+    )
+    picked = capsys.readouterr().out.split()
+    voices = [str(data / "audio/a/0.wav"), str(data / "audio/b/0.wav")]
+    assert main(["generate", *voices, *model, "-o", str(tmp_path / "f")]) == 0
+    named = capsys.readouterr().out.split()
+    assert [Path(p).name for p in picked] == [Path(p).name for p in named]
+    assert [Path(p).name for p in picked] == ["a_0_0.png", "b_0_0.png", "grid.png"]
+    for p, n in zip(picked, named, strict=True):
+        assert np.array_equal(np.asarray(Image.open(p)), np.asarray(Image.open(n)))
 
 
 def test_seeded_runs_agree_whether_the_cache_was_built_or_read(tiny_stage1, tmp_path):

@@ -72,7 +72,6 @@ def _generate(args: argparse.Namespace) -> int:
     from scldm.faces import make_grid, save_image
 
     overrides = sampling_overrides(args)
-    require_pipeline(args.model)
     voices = _voices(args)
     pipe = load_pipeline(args)
     stems = [p.stem for p in voices]
