@@ -25,7 +25,7 @@ def _generate_options(p: argparse.ArgumentParser) -> None:
         "clips of a prepared dataset (instead of audio files)",
         "the first clip (in manifest order) of each speaker of --split, speakers in id order",
     )
-    add_data_option(g, "a prepared dataset folder", required=False)
+    g.add_argument("--data", type=Path, default=None, help="a prepared dataset folder")
     g.add_argument("--split", default="test", help="(default: %(default)s)")
     g.add_argument(
         "--speakers", type=int, default=None, help="only the first N speakers (default: all)"

@@ -43,10 +43,8 @@ def add_commands(
 # --- data ------------------------------------------------------------------------------------
 
 
-def add_data_option(
-    p: argparse.ArgumentParser, help: str = "a prepared dataset folder", *, required: bool = True
-) -> None:
-    p.add_argument("--data", type=Path, required=required, default=None, help=help)
+def add_data_option(p: argparse.ArgumentParser, help: str = "a prepared dataset folder") -> None:
+    p.add_argument("--data", type=Path, required=True, help=help)
 
 
 def require_dataset(path: Path) -> None:
