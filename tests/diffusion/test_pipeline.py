@@ -288,6 +288,73 @@ def test_save_and_load_round_trip(pipe, waves, tmp_path: Path):
     assert generate(swapped, waves).shape == (2, 3, 32, 32)
 
 
+def test_the_sampling_config_is_saved_and_is_the_default(pipe, waves, tmp_path: Path):
+    import json
+
+    from scldm.config import SamplingConfig
+
+    # built without one: SamplingConfig's defaults, the prior's λ and the component's sampler
+    assert pipe.sampling == SamplingConfig(prior_scale=0.5, scheduler="dpm++")
+    tuned = SpeechToFacePipeline(
+        **pipe.components,
+        sampling={"num_inference_steps": 3, "guidance_scale": 2.0, "temperature": 0.5},
+    )
+    tuned.set_progress_bar_config(disable=True)
+    tuned.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "model_index.json").read_text())["sampling"]
+    assert saved == {
+        "scheduler": "dpm++",
+        "num_inference_steps": 3,
+        "guidance_scale": 2.0,
+        "temperature": 0.5,
+        "prior_scale": 0.5,  # not given: the prior's λ
+    }
+    loaded = SpeechToFacePipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.sampling == tuned.sampling
+    explicit = {"num_inference_steps": 3, "guidance_scale": 2.0, "temperature": 0.5}
+    defaults = loaded(waves, generator=torch.Generator().manual_seed(4), output_type="pt").images
+    assert torch.equal(defaults, generate(pipe, waves, seed=4, **explicit))
+    assert not torch.equal(defaults, generate(loaded, waves, seed=4, temperature=1.0))
+    # changing the sampler swaps the component on the same noise schedule
+    loaded.set_sampling(scheduler="ddim", temperature=0.0)
+    assert type(loaded.scheduler).__name__ == "DDIMScheduler"
+    assert loaded.sampling.temperature == 0.0 and loaded.sampling.scheduler == "ddim"
+    assert loaded.scheduler.config.beta_schedule == pipe.scheduler.config.beta_schedule
+    with pytest.raises(InputError, match="unknown sampling settings"):
+        SpeechToFacePipeline(**pipe.components, sampling={"lam": 0.1})
+
+
+def test_a_pipeline_saved_before_the_sampling_config_still_loads(pipe, waves, tmp_path: Path):
+    """Folders written by earlier versions: no "sampling" in model_index.json and the prior
+    named under scldm.diffusion.pipeline. They sample with SamplingConfig's defaults and the
+    prior's λ, which is what `scldm generate` did with them."""
+    import json
+
+    from scldm.config import SamplingConfig
+
+    pipe.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    del index["sampling"]
+    index["prior"] = ["scldm.diffusion.pipeline", "FacePrior"]
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    old = SpeechToFacePipeline.from_pretrained(tmp_path)
+    old.set_progress_bar_config(disable=True)
+    assert old.sampling == SamplingConfig(prior_scale=0.5)
+    d = SamplingConfig()
+    expected = generate(
+        pipe,
+        waves,
+        num_inference_steps=d.num_inference_steps,
+        guidance_scale=d.guidance_scale,
+        temperature=d.temperature,
+        prior_scale=0.5,
+    )
+    assert torch.equal(
+        old(waves, generator=torch.Generator().manual_seed(0), output_type="pt").images, expected
+    )
+
+
 def test_bad_audio_raises_input_error(pipe, tmp_path: Path):
     not_audio = tmp_path / "notes.wav"
     not_audio.write_text("this is not audio")

@@ -57,8 +57,9 @@ class SpeechToFacePipeline(DiffusionPipeline):
     `make_scheduler`.
 
     `sampling` (a `SamplingConfig` as a dict) holds the defaults of `__call__`; its `scheduler`
-    names the saved scheduler component, which is what samples. Pipelines saved without one
-    sample with `SamplingConfig`'s defaults and their prior's `lambda_infer`.
+    names the saved scheduler component, which is what samples. Fields it lacks take
+    `SamplingConfig`'s defaults, and the prior scale the prior's `lambda_infer` (so pipelines
+    saved before they carried a sampling config sample as `scldm generate` did with them).
     """
 
     model_cpu_offload_seq = "speech_encoder->unet->face_decoder"
@@ -82,8 +83,8 @@ class SpeechToFacePipeline(DiffusionPipeline):
             face_decoder=face_decoder,
             prior=prior,
         )
-        if sampling is None:  # a pipeline saved before it carried a sampling config
-            sampling = {"prior_scale": float(prior.config.lambda_infer)}
+        # the prior's λ where no prior scale is given (pipelines saved before sampling configs)
+        sampling = {"prior_scale": float(prior.config.lambda_infer), **(sampling or {})}
         known = {f.name for f in dataclasses.fields(SamplingConfig)}
         unknown = set(sampling) - known
         if unknown:
