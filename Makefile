@@ -35,8 +35,8 @@ lint: install
 
 # The main job end to end on SynthVox: data, its oracle, stage 1, the face prior, stage 2 and
 # faces for held-out voices. Steps are cut to fit a laptop; the full settings are the presets'.
-# Stage 2 skips the decoder refinement: 150 steps of it (2.5 min) moved the demo's oracle gender
-# by 0.4 points and age within ±10 y by 3 (docs/results.md); 20 minutes cannot spare it.
+# Stage 2 skips the decoder refinement (decoder.steps=0): on the demo's short runs it changed
+# little for its cost (docs/notes/2026-11-decoder-refinement.md).
 DEMO ?= runs/demo
 demo: install
 	$(VENV)/bin/scldm prepare synthvox --out $(DEMO)/data --speakers 600 --image-size 64 --workers 2

@@ -157,7 +157,8 @@ PRETRAIN = Command(
     lambda p: _stage_options(p, encoders=False),
     _pretrain,
     description="Stage 1 of SCLDM (paper eq. 1). Writes RUN/config.yaml, log.txt, "
-    "TensorBoard logs, samples/ (true | reconstruction grids), checkpoints/ (the last "
+    "scalars.jsonl and curves.png (TensorBoard logs too with --set train.log_with=tensorboard), "
+    "samples/ (true | reconstruction grids), checkpoints/ (the last "
     "train.keep_last) and, at the end, RUN/export/ (EMA weights, save_pretrained) and "
     "RUN/metrics.json (test-split retrieval, reconstruction and probe numbers). Runs on "
     "many GPUs or nodes unchanged under `accelerate launch -m scldm pretrain ...`.",
