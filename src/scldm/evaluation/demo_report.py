@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 from scldm.data.synthvox.attributes import FACE_ONLY, GENDER_LINKED_FACE, LINKED
 from scldm.evaluation.evaluate import CONDITIONS
 from scldm.evaluation.report import fmt
-from scldm.io import write_text
+from scldm.io import write_bytes, write_text
 
 GROUPS = {
     "linked (voice and face)": [f"{a}_acc" for a in LINKED if a == "gender"]
@@ -79,7 +78,7 @@ def demo_report(demo: Path) -> Path:
         "",
     ]
     if (demo / "eval" / "samples.png").is_file():
-        shutil.copyfile(demo / "eval" / "samples.png", demo / "samples.png")
+        write_bytes(demo / "samples.png", (demo / "eval" / "samples.png").read_bytes())
         lines += ["![samples](samples.png)", ""]
     lines += ["## What the SynthVox oracle reads from the generated faces", ""]
     attrs = ev["attributes"].get("synthvox")
@@ -119,7 +118,7 @@ def demo_report(demo: Path) -> Path:
         pool = feats["model"]["pool_size"] if feats.get("model") else "?"
         lines += ["", f"Retrieval pools hold {pool} speakers (chance R@1 = 1/{pool}).", ""]
     if (demo / "eval" / "metrics.png").is_file():
-        shutil.copyfile(demo / "eval" / "metrics.png", demo / "metrics.png")
+        write_bytes(demo / "metrics.png", (demo / "eval" / "metrics.png").read_bytes())
         lines += ["![metrics](metrics.png)", ""]
     prior_csv = demo / "encoders" / "prior" / "prior_convergence.csv"
     if prior_csv.is_file():
