@@ -49,9 +49,9 @@ def measure(args: argparse.Namespace, mode: str) -> dict:
     from scldm.diffusion.objective import diffusion_loss
     from scldm.diffusion.prior import load_prior
     from scldm.diffusion.unet import build_unet
-    from scldm.training.common import batch_stream
     from scldm.training.diffusion import EpochSampler
     from scldm.training.latents import build_cache, load_encoders
+    from scldm.training.loop import batch_stream
 
     device, cuda = args.device, args.device.startswith("cuda")
 

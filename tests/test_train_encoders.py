@@ -4,19 +4,27 @@ fresh process, and a 2-process CPU run through accelerate (gloo)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 from safetensors.torch import load_file
 
 from scldm.audio import SpectrogramFrontend
 from scldm.cli import main
 from scldm.data.synthvox import prepare_synthvox
+from scldm.evaluation.stage1 import PROBE_ALPHAS, linear_probes
 from scldm.models import FaceDecoder, FaceEncoder, SpeechEncoder
+from scldm.training.checkpoint import (
+    load_optimizer_state,
+    optimizer_from_files,
+    optimizer_to_files,
+)
 
 TINY = ["--config", "tiny", "--set", "optim.schedule=constant"]
 
@@ -74,15 +82,34 @@ def test_pretrain_writes_a_complete_run(data, tmp_path, capsys):
     assert sorted(p.name for p in (run / "samples").glob("*.png"))  # reconstruction grids
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["step"] == 4
-    for key in ("test/R@1", "test/psnr", "probe/gender_accuracy", "probe/age_r"):
-        assert key in metrics
-    # the export loads back with from_pretrained and holds the EMA weights
+    assert 0 < metrics["logit_scale"] <= 100  # exp of the clamped temperature
+    # retrieval in pools of tiny's 4 speakers: fractions, a rank within the pool
+    for k in (1, 5, 10):
+        assert 0 <= metrics[f"test/R@{k}"] <= 1
+    assert metrics["test/R@1"] <= metrics["test/R@5"] <= metrics["test/R@10"]
+    assert metrics["test/pool_size"] == 4 and 1 <= metrics["test/mean_rank"] <= 4
+    assert 0 < metrics["test/recon_mae"] <= 2  # faces in [-1, 1]
+    assert math.isfinite(metrics["test/psnr"]) and metrics["test/psnr"] > 0
+    assert 0 <= metrics["probe/gender_accuracy"] <= 1
+    assert -1 <= metrics["probe/age_r"] <= 1
+    for name in ("gender", "age"):
+        assert metrics[f"probe/{name}_alpha"] in PROBE_ALPHAS
+    # the export loads back with from_pretrained and holds the EMA weights: finite, not
+    # constant and of initialisation-like scale (a NaN step or a zeroed export fails here)
     export = run / "export"
-    speech = SpeechEncoder.from_pretrained(export / "speech_encoder")
-    FaceEncoder.from_pretrained(export / "face_encoder")
-    FaceDecoder.from_pretrained(export / "face_decoder")
+    parts = {
+        "speech_encoder": SpeechEncoder.from_pretrained(export / "speech_encoder"),
+        "face_encoder": FaceEncoder.from_pretrained(export / "face_encoder"),
+        "face_decoder": FaceDecoder.from_pretrained(export / "face_decoder"),
+    }
+    for part, module in parts.items():
+        for key, value in module.state_dict().items():
+            assert torch.isfinite(value.float()).all(), f"{part}.{key}"
+        for key, weight in module.named_parameters():
+            if weight.dim() >= 2:
+                assert 1e-3 < weight.std().item() < 5, f"{part}.{key}"
     ema = load_file(run / "checkpoints" / "step_0000004" / "ema.safetensors")
-    for key, value in speech.state_dict().items():
+    for key, value in parts["speech_encoder"].state_dict().items():
         assert torch.equal(value, ema[f"speech_encoder.{key}"].to(value.dtype)), key
 
 
@@ -113,10 +140,25 @@ def test_same_seed_gives_bitwise_identical_weights(data, tmp_path):
     )
 
 
-def test_resume_in_a_fresh_process_equals_training_straight(data, tmp_path):
+def _to_optimizer_pt(checkpoint: Path) -> None:
+    """Rewrite a checkpoint's optimizer state as the optimizer.pt older versions wrote."""
+    state = optimizer_from_files(
+        load_file(checkpoint / "optimizer.safetensors"),
+        json.loads((checkpoint / "optimizer.json").read_text()),
+    )
+    torch.save(state, checkpoint / "optimizer.pt")
+    (checkpoint / "optimizer.safetensors").unlink()
+    (checkpoint / "optimizer.json").unlink()
+
+
+@pytest.mark.parametrize("optimizer_file", ["safetensors", "pt"])
+def test_resume_in_a_fresh_process_equals_training_straight(data, tmp_path, optimizer_file):
+    """Also from a checkpoint of an older version, whose optimizer state is optimizer.pt."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert _pretrain(data, straight) == 0  # 4 steps, checkpoints at 2 and 4
     assert _pretrain(data, resumed, "--set", "train.max_steps=2") == 0  # "killed" after step 2
+    if optimizer_file == "pt":
+        _to_optimizer_pt(resumed / "checkpoints" / "step_0000002")
     args = ["pretrain", "--data", str(data), "--out", str(resumed), *TINY, "--resume", "latest"]
     done = _cli(*args)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -203,7 +245,8 @@ def test_two_processes_through_accelerate(data, tmp_path):
     assert sorted(p.name for p in checkpoint.iterdir()) == [
         "ema.safetensors",
         "model.safetensors",
-        "optimizer.pt",
+        "optimizer.json",
+        "optimizer.safetensors",
         "rng_0.safetensors",
         "rng_1.safetensors",
         "state.json",
@@ -216,8 +259,6 @@ def test_linear_probes_choose_the_ridge_strength_on_val():
     """Age is a linear read-out of one of 32 noisy dimensions; with 40 train speakers a weakly
     regularised probe fits the noise, so the strength chosen on val generalises better."""
     from types import SimpleNamespace
-
-    from scldm.training.encoders import linear_probes
 
     gen = torch.Generator().manual_seed(0)
 
@@ -241,3 +282,44 @@ def test_linear_probes_choose_the_ridge_strength_on_val():
     assert chosen["probe/age_alpha"] > 1.0
     assert chosen["probe/age_r"] > with_little_ridge["probe/age_r"] + 0.02
     assert with_little_ridge["probe/age_alpha"] == 1.0
+
+
+def test_optimizer_state_round_trips_through_safetensors_and_json():
+    """The checkpoint's optimizer files hold the fused AdamW state exactly: the moments as
+    tensors (stored contiguous, given back the channels-last layout of their weights), the step
+    counts and param_groups as JSON; resuming continues identically."""
+    torch.manual_seed(0)
+
+    def model_and_optimizer():
+        model = torch.nn.Sequential(torch.nn.Conv2d(4, 3, 3), torch.nn.Conv2d(3, 2, 3))
+        model.to(memory_format=torch.channels_last)  # as stage 1 trains
+        groups = [
+            {"params": list(model[0].parameters()), "lr": 1e-2, "name": "a"},
+            {"params": list(model[1].parameters()), "lr": 2e-2, "name": "b"},
+        ]
+        return model, torch.optim.AdamW(groups, betas=(0.8, 0.9), fused=True)
+
+    def step(model, optimizer):
+        model(torch.randn(5, 4, 6, 6)).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    model, optimizer = model_and_optimizer()
+    for _ in range(3):
+        step(model, optimizer)
+    tensors, info = optimizer_to_files(optimizer.state_dict())
+    assert all(t.dim() > 0 for t in tensors.values())
+    tensors = safetensors.torch.load(safetensors.torch.save(tensors))  # optimizer.safetensors
+    info = json.loads(json.dumps(info))  # optimizer.json
+    assert info["state"]["0"]["step"] == {"value": 3.0, "dtype": "float32"}
+    copy, restored = model_and_optimizer()
+    copy.load_state_dict(model.state_dict())
+    load_optimizer_state(restored, optimizer_from_files(tensors, info))
+    assert restored.param_groups[0]["betas"] == (0.8, 0.9)
+    assert [g["name"] for g in restored.param_groups] == ["a", "b"]
+    seed = torch.seed()
+    step(model, optimizer)
+    torch.manual_seed(seed)
+    step(copy, restored)
+    for a, b in zip(model.parameters(), copy.parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -69,7 +69,9 @@ class TrainConfig:
     save_every: int = 500
     keep_last: int = 2
     ema_decay: float = 0.999
-    log_with: str | None = "tensorboard"
+    # an accelerate tracker ("tensorboard", "wandb", ...; installed separately); scalars always
+    # go to RUN/scalars.jsonl
+    log_with: str | None = None
 
 
 @dataclass(frozen=True)

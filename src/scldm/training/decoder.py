@@ -1,11 +1,11 @@
 """Refining the stage-1 face decoder on the frozen encoder's latents, before stage 2 trains.
 
-Stage 1 trains the decoder jointly with the contrastive encoders and, on a CPU budget, briefly:
-its reconstructions are what every generated face goes through, and on SynthVox they were the
-largest loss of linked attributes (the oracle read 74 % of their genders and their ages 7.6 y too
-old). With the face encoder frozen its latents are fixed, so the decoder can keep training alone
-on (latent, face) pairs, as LDM trains its autoencoder to convergence first. The latents, the
-latent cache and the prior stay as they are; only the decoder that ships in the pipeline changes.
+Stage 1 trains the decoder jointly with the contrastive encoders and, on a small budget, briefly,
+while its reconstructions are what every generated face goes through (how much of the linked
+attributes they lose: docs/notes/2026-11-decoder-refinement.md). With the face encoder frozen its
+latents are fixed, so the decoder can keep training alone on (latent, face) pairs, as LDM trains
+its autoencoder to convergence first. The latents, the latent cache and the prior stay as they
+are; only the decoder that ships in the pipeline changes.
 
 A refined decoder lives in `<stage-1 run>/cache/decoder-<key>/`; the key hashes the stage-1
 decoder, the training cache and the settings, so every later stage-2 run with the same
@@ -31,7 +31,7 @@ from scldm.errors import InputError
 from scldm.evaluation.metrics import psnr
 from scldm.faces import load_face_tensor
 from scldm.models import FaceDecoder
-from scldm.training.common import lr_at, set_lr
+from scldm.optim import lr_at, set_lr
 from scldm.training.latents import Encoders, LatentCache, digest_parts
 
 log = logging.getLogger("scldm.train")

@@ -7,16 +7,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import time
-from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
 from accelerate.utils import set_seed
 from diffusers import DDPMScheduler
 from torch.utils.data import BatchSampler, DataLoader, Sampler, TensorDataset
-from tqdm.auto import tqdm
 
 from scldm.config import DiffusionStageConfig
 from scldm.diffusion.objective import diffusion_loss
@@ -26,24 +24,23 @@ from scldm.diffusion.sampling import make_scheduler, sample_latents
 from scldm.diffusion.unet import build_unet
 from scldm.errors import InputError
 from scldm.faces import load_face_tensor, make_grid, save_image
-from scldm.training.common import (
-    EMA,
+from scldm.optim import EMA, lr_at
+from scldm.training.checkpoint import maybe_resume, save_checkpoint, write_meta
+from scldm.training.decoder import refined_decoder
+from scldm.training.latents import Encoders, LatentCache, build_cache, face_prior, load_encoders
+from scldm.training.loop import (
+    LogWindow,
     TrainState,
     batch_stream,
     check_ranks_agree,
-    load_checkpoint,
-    lr_at,
+    due,
+    global_batch,
     make_accelerator,
+    optimizer_step,
     plot_scalars,
-    report_window,
-    resolve_resume,
-    save_checkpoint,
-    set_lr,
+    progress_bar,
     setup_run,
-    write_meta,
 )
-from scldm.training.decoder import refined_decoder
-from scldm.training.latents import Encoders, LatentCache, build_cache, face_prior, load_encoders
 
 log = logging.getLogger("scldm.train")
 CURVES = ["train/loss", "train/grad_norm", "train/lr"]
@@ -171,7 +168,7 @@ def train(
         lr=cfg.optim.lr,
         betas=cfg.optim.betas,
         weight_decay=cfg.optim.weight_decay,
-        fused=True,  # one kernel for all parameters: 12 % of a small-preset step on CPU
+        fused=True,  # one kernel for all parameters
     )
     for group in optimizer.param_groups:
         group["base_lr"] = cfg.optim.lr
@@ -180,28 +177,17 @@ def train(
     set_seed(cfg.train.seed, device_specific=True)
     unwrapped = accelerator.unwrap_model(unet)
     ema, state = EMA(unwrapped, cfg.train.ema_decay), TrainState()
-    checkpoint = resolve_resume(run_dir, resume)
-    if checkpoint is not None:
-        load_checkpoint(
-            accelerator, checkpoint, model=unwrapped, optimizer=optimizer, ema=ema, state=state
-        )
-        log.info("resumed from %s at step %d", checkpoint, state.step)
-    sampler_name = cfg.sampling.scheduler
-    bar = tqdm(
-        total=cfg.train.max_steps,
-        initial=state.step,
-        desc="train",
-        dynamic_ncols=True,
-        disable=not accelerator.is_local_main_process,
+    maybe_resume(
+        accelerator, run_dir, resume, model=unwrapped, optimizer=optimizer, ema=ema, state=state
     )
-    global_batch = cfg.train.batch_size * cfg.train.grad_accum_steps * accelerator.num_processes
-    sums: dict[str, float] = defaultdict(float)
-    count, tick = 0, time.perf_counter()
+    bar = progress_bar(accelerator, cfg.train, state.step, "train")
+    window = LogWindow(accelerator, run_dir, cfg.train.batch_size, bar)
+    samples_per_step = global_batch(cfg.train, accelerator)
     for z0, tokens in batch_stream(loader, sampler, state.step, accelerator):
         if state.step >= cfg.train.max_steps:
             break
         with accelerator.accumulate(unet):
-            loss, logs = diffusion_loss(
+            loss, _ = diffusion_loss(
                 unet,
                 noise_scheduler,
                 z0,
@@ -211,48 +197,28 @@ def train(
                 cond_drop=cfg.cond_drop,
             )
             accelerator.backward(loss)
-            if accelerator.sync_gradients:
-                logs["grad_norm"] = accelerator.clip_grad_norm_(
-                    unet.parameters(), cfg.optim.grad_clip
-                )
-            set_lr(optimizer, lr_at(state.step, cfg.optim, cfg.train.max_steps))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        sums["loss"] += loss.item()
-        if "grad_norm" in logs:
-            sums["grad_norm"] += float(logs["grad_norm"])
-        count += 1
+            lr = lr_at(state.step, cfg.optim, cfg.train.max_steps)
+            logs = {"loss": loss} | optimizer_step(
+                accelerator, unet, optimizer, lr, cfg.optim.grad_clip
+            )
+        window.add(logs)
         if not accelerator.sync_gradients:
             continue
         state.step += 1
-        state.samples += global_batch
+        state.samples += samples_per_step
         ema.update(unwrapped)
-        if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
-            report_window(
-                accelerator,
-                run_dir,
-                sums,
-                count,
-                step=state.step,
-                lr=optimizer.param_groups[0]["lr"],
-                batch_size=cfg.train.batch_size,
-                seconds=time.perf_counter() - tick,
-                bar=bar,
-            )
-            sums, count, tick = defaultdict(float), 0, time.perf_counter()
+        if due(state.step, cfg.train.log_every, cfg.train.max_steps):
+            window.report(state.step, optimizer.param_groups[0]["lr"])
         bar.update()
-        if (
-            val_cache is not None
-            and state.step % cfg.train.eval_every == 0
-            and accelerator.is_main_process
-        ):
+        main = accelerator.is_main_process
+        if val_cache is not None and due(state.step, cfg.train.eval_every) and main:
             ema_unet = copy.deepcopy(unwrapped)
             ema.copy_to(ema_unet)
-            scheduler = make_scheduler(sampler_name, noise_scheduler.config)
+            scheduler = make_scheduler(cfg.sampling.scheduler, noise_scheduler.config)
             path = run_dir / "samples" / f"step_{state.step:07d}.png"
             sample_grid(ema_unet.eval(), scheduler, encoders, val_cache, cfg, prior, scale, path)
             del ema_unet
-        if state.step % cfg.train.save_every == 0 or state.step == cfg.train.max_steps:
+        if due(state.step, cfg.train.save_every, cfg.train.max_steps):
             save_checkpoint(
                 accelerator,
                 run_dir,
@@ -263,10 +229,27 @@ def train(
                 keep_last=cfg.train.keep_last,
             )
     bar.close()
-    check_ranks_agree(accelerator, unwrapped)
+    return export(accelerator, unwrapped, ema, noise_scheduler, encoders, prior, scale, cfg, state)
+
+
+def export(
+    accelerator: Accelerator,
+    unet: torch.nn.Module,
+    ema: EMA,
+    noise_scheduler: DDPMScheduler,
+    encoders: Encoders,
+    prior: torch.Tensor,
+    scale: float,
+    cfg: DiffusionStageConfig,
+    state: TrainState,
+) -> Path:
+    """Save the pipeline with the EMA UNet, the prior and the (refined) decoder whose config
+    records the latent `scale`; return its folder, RUN/pipeline."""
+    run_dir = Path(cfg.train.output_dir)
+    check_ranks_agree(accelerator, unet)
     out = run_dir / "pipeline"
     if accelerator.is_main_process:
-        final = copy.deepcopy(unwrapped).cpu()
+        final = copy.deepcopy(unet).cpu()
         ema.copy_to(final)
         decoder = copy.deepcopy(encoders.face_decoder)
         decoder.register_to_config(scaling_factor=scale)
@@ -274,7 +257,7 @@ def train(
             frontend=encoders.frontend,
             speech_encoder=encoders.speech_encoder,
             unet=final.eval(),
-            scheduler=make_scheduler(sampler_name, noise_scheduler.config),
+            scheduler=make_scheduler(cfg.sampling.scheduler, noise_scheduler.config),
             face_decoder=decoder,
             prior=FacePrior(prior=prior.cpu(), lambda_infer=cfg.sampling.prior_scale),
             sampling=dataclasses.asdict(cfg.sampling),
