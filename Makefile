@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-all lint demo bench clean
+.PHONY: install test test-slow test-all lint demo bench clean
 
 install: $(STAMP)
 
@@ -24,6 +24,10 @@ $(STAMP): pyproject.toml
 
 test: install
 	$(PY) -m pytest -q
+
+# the long end-to-end tests (marked `slow`), which `make test` leaves out; CI runs them after it
+test-slow: install
+	$(PY) -m pytest -q -m slow; rc=$$?; [ $$rc -eq 5 ] && echo "no slow tests" || exit $$rc
 
 test-all: install
 	$(PY) -m pytest -q -m ""

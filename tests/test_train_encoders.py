@@ -233,6 +233,7 @@ def test_training_window_longer_than_the_segment_is_a_clear_error(data, tmp_path
     assert "Traceback" not in err and not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow  # two CPU processes through `accelerate launch`
 def test_two_processes_through_accelerate(data, tmp_path):
     run = tmp_path / "ddp"
     args = ["pretrain", "--data", str(data), "--out", str(run), *TINY, "--cpu"]

@@ -230,15 +230,22 @@ def score_features(
         found = {s for s, o in zip(row_spk, ok.tolist(), strict=True) if o} & true_found
         kept = [s for s in ids if s in found]
         q_row = {s: i for i, s in enumerate(q_ids)}
-        hits = pooled_hits(
-            query.float()[torch.tensor([q_row[s] for s in kept], dtype=torch.long)],
-            spk_mean[torch.tensor([row_of[s] for s in kept], dtype=torch.long)],
-            pool_size=settings.pool_size,
-            seed=settings.seed,
-        )
+        pool = min(settings.pool_size, len(kept))
+        if cond == "chance":
+            # a face unrelated to the speaker ranks the speaker's key uniformly: R@K = K/pool.
+            # The chance faces belong to a deranged partner, whose own key is in the pool, so
+            # retrieving with them would measure the partner, not chance.
+            hits = {k: np.full(len(kept), min(k, pool) / max(pool, 1)) for k in (1, 5, 10)}
+        else:
+            hits = pooled_hits(
+                query.float()[torch.tensor([q_row[s] for s in kept], dtype=torch.long)],
+                spk_mean[torch.tensor([row_of[s] for s in kept], dtype=torch.long)],
+                pool_size=settings.pool_size,
+                seed=settings.seed,
+            )
         for k, h in hits.items():
             metrics[f"R@{k}"] = summarise(h, kept, resamples=settings.bootstrap, seed=settings.seed)
-        metrics["pool_size"] = min(settings.pool_size, len(kept))
+        metrics["pool_size"] = pool
         result[cond] = metrics
     return result
 
@@ -360,7 +367,9 @@ def evaluate(
             f"speakers ({settings.bootstrap} resamples)",
             "retrieval": "per speaker: query = mean feature of the condition's faces, key = mean "
             f"true face feature; cosine; pools of {settings.pool_size} speakers (20 random pools, "
-            "or one of everyone when fewer); ties count against the query; chance R@K = K/pool",
+            "or one of everyone when fewer); ties count against the query; the chance row's R@K is "
+            "K/pool exactly (its faces are a paired other speaker's, whose retrieval would "
+            "measure that speaker)",
             "not_found": "faces where a detector found no face are counted per condition and left "
             "out of that condition's metrics",
         },
