@@ -39,6 +39,33 @@ def face_image(size: int = 48, colour: tuple[int, int, int] = (200, 150, 120)) -
     return img
 
 
+def random_tiny_pipeline():
+    """A SpeechToFacePipeline of tiny seeded random components (32 px faces, 4 × 4 × 4 latents,
+    a random prior at λ 0.5): fast to run, deterministic, untrained."""
+    from scldm.audio import SpectrogramFrontend
+    from scldm.diffusion import FacePrior, SpeechToFacePipeline, build_unet, make_scheduler
+    from scldm.models import (
+        FACE_DECODER_PRESETS,
+        SPEECH_ENCODER_PRESETS,
+        FaceDecoder,
+        SpeechEncoder,
+    )
+
+    torch.manual_seed(0)
+    frontend = SpectrogramFrontend(n_fft=128, win_length=128, hop_length=64, segment_seconds=0.5)
+    prior = FacePrior(prior=torch.randn(4, 4, 4), lambda_infer=0.5)
+    pipe = SpeechToFacePipeline(
+        frontend=frontend,
+        speech_encoder=SpeechEncoder(**SPEECH_ENCODER_PRESETS["tiny"]).eval(),
+        unet=build_unet({"preset": "tiny"}).eval(),
+        scheduler=make_scheduler("dpm++"),
+        face_decoder=FaceDecoder(**FACE_DECODER_PRESETS["tiny"], scaling_factor=0.7).eval(),
+        prior=prior,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     random.seed(0)

@@ -14,28 +14,16 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import tone, write_wav
-from scldm.audio import SpectrogramFrontend
+from conftest import random_tiny_pipeline, tone, write_wav
 from scldm.cli import main
 from scldm.data.manifest import write_manifest
-from scldm.diffusion import FacePrior, build_unet, make_scheduler
 from scldm.diffusion.pipeline import SpeechToFacePipeline
-from scldm.models import FACE_DECODER_PRESETS, SPEECH_ENCODER_PRESETS, FaceDecoder, SpeechEncoder
 
 
 @pytest.fixture(scope="module")
 def tiny_pipeline(tmp_path_factory) -> Path:
     """A saved SpeechToFacePipeline of tiny random components (32 px), sampling in 2 steps."""
-    torch.manual_seed(0)
-    frontend = SpectrogramFrontend(n_fft=128, win_length=128, hop_length=64, segment_seconds=0.5)
-    pipe = SpeechToFacePipeline(
-        frontend=frontend,
-        speech_encoder=SpeechEncoder(**SPEECH_ENCODER_PRESETS["tiny"]).eval(),
-        unet=build_unet({"preset": "tiny"}).eval(),
-        scheduler=make_scheduler("dpm++"),
-        face_decoder=FaceDecoder(**FACE_DECODER_PRESETS["tiny"], scaling_factor=0.7).eval(),
-        prior=FacePrior(prior=torch.randn(4, 4, 4), lambda_infer=0.5),
-    )
+    pipe = random_tiny_pipeline()
     pipe.set_sampling(num_inference_steps=2)
     path = tmp_path_factory.mktemp("pipeline")
     pipe.save_pretrained(path)

@@ -12,11 +12,9 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
-from conftest import tone, write_wav
-from scldm.audio import SpectrogramFrontend
-from scldm.diffusion import FacePrior, SpeechToFacePipeline, build_unet, make_scheduler
+from conftest import random_tiny_pipeline, tone, write_wav
+from scldm.diffusion import FacePrior, SpeechToFacePipeline, make_scheduler
 from scldm.errors import InputError
-from scldm.models import FACE_DECODER_PRESETS, SPEECH_ENCODER_PRESETS, FaceDecoder, SpeechEncoder
 
 try:  # the sampler moves from objective to sampling in the architecture refactor
     from scldm.diffusion.sampling import sample_latents
@@ -93,19 +91,7 @@ def sample(unet, config, name, steps, tokens, prior, lam, seed=0, **kwargs):
 
 @pytest.fixture(scope="module")
 def pipe() -> SpeechToFacePipeline:
-    torch.manual_seed(0)
-    frontend = SpectrogramFrontend(n_fft=128, win_length=128, hop_length=64, segment_seconds=0.5)
-    prior = FacePrior(prior=torch.randn(4, 4, 4), lambda_infer=0.5)
-    pipe = SpeechToFacePipeline(
-        frontend=frontend,
-        speech_encoder=SpeechEncoder(**SPEECH_ENCODER_PRESETS["tiny"]).eval(),
-        unet=build_unet({"preset": "tiny"}).eval(),
-        scheduler=make_scheduler("dpm++"),
-        face_decoder=FaceDecoder(**FACE_DECODER_PRESETS["tiny"], scaling_factor=0.7).eval(),
-        prior=prior,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return random_tiny_pipeline()
 
 
 def generate(pipe, audio, seed: int = 0, **kwargs):
