@@ -16,9 +16,9 @@ from scldm.evaluation.synthvox_oracle import (
     SynthVoxOracle,
     attribute_metrics,
     chance_level,
-    run_oracle,
     voice_only_ceiling,
 )
+from scldm.evaluation.synthvox_oracle_run import run_oracle
 
 
 def test_oracle_interface_and_round_trip(tmp_path):

@@ -27,7 +27,7 @@ def _oracle_options(p: argparse.ArgumentParser) -> None:
 
 
 def _oracle(args: argparse.Namespace) -> int:
-    from scldm.evaluation.synthvox_oracle import run_oracle
+    from scldm.evaluation.synthvox_oracle_run import run_oracle
 
     print(run_oracle(args.data, args.out, steps=args.steps, seed=args.seed).summary())
     return 0

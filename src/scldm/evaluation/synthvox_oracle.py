@@ -2,18 +2,16 @@
 gives a face embedding — the benchmark's counterpart of VGGFace features and Face++ attributes
 in the paper's protocol (DESIGN.md §5, §6).
 
-`run_oracle` trains it on the train split's faces, scores it on the test split's true faces
-(the floor of any evaluation that uses it), and writes the voice-only ceilings and chance levels
-of every metric next to the saved model.
+Here: the model, its training on a split's faces, and its metrics with the voice-only ceilings
+and chance levels. `scldm.evaluation.synthvox_oracle_run.run_oracle` (`scldm synthvox-oracle`)
+trains it, scores it on the test split's true faces (the floor of any evaluation that uses it)
+and writes those numbers next to the saved model.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +25,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from scldm.config import OptimConfig
-from scldm.data.manifest import read_manifest
 from scldm.data.synthvox.attributes import CATEGORIES, FACE_ONLY, GENDER_LINKED_FACE, LINKED
-from scldm.errors import InputError
 from scldm.faces import load_face
-from scldm.io import write_text
 from scldm.optim import lr_at, set_lr
 
 log = logging.getLogger(__name__)
@@ -164,7 +159,9 @@ def attribute_metrics(
     return out
 
 
-def _table(rows: Sequence[Mapping[str, Any]], names: Sequence[str]) -> dict[str, list[Any]]:
+def attribute_table(
+    rows: Sequence[Mapping[str, Any]], names: Sequence[str]
+) -> dict[str, list[Any]]:
     return {n: [r[n] for r in rows] for n in names}
 
 
@@ -200,7 +197,9 @@ def voice_only_ceiling(
                 continue
             pred[n].append(max(sorted(counts[n].items(), key=str), key=lambda kv: kv[1])[0])
     pred.update({n: [r[n] for r in test] for n in (*LINKED, *REGRESSION)})
-    return attribute_metrics(pred, _table(test, [*names, *REGRESSION]), age_tolerance=age_tolerance)
+    return attribute_metrics(
+        pred, attribute_table(test, [*names, *REGRESSION]), age_tolerance=age_tolerance
+    )
 
 
 def chance_level(
@@ -228,7 +227,7 @@ def chance_level(
 # --- Data and training ------------------------------------------------------------------------
 
 
-def _speaker_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def speaker_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One row per speaker, with its list of face images."""
     out: dict[str, dict[str, Any]] = {}
     for r in rows:
@@ -238,7 +237,7 @@ def _speaker_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return list(out.values())
 
 
-def _load_faces(
+def load_oracle_faces(
     root: Path, speakers: Sequence[Mapping[str, Any]], size: int
 ) -> tuple[torch.Tensor, list[dict]]:
     """Every face of every speaker as uint8 (N, 3, size, size), and the speaker row of each."""
@@ -253,7 +252,9 @@ def _load_faces(
     return torch.stack(images), owners
 
 
-def _targets(model: SynthVoxOracle, owners: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+def oracle_targets(
+    model: SynthVoxOracle, owners: Sequence[Mapping[str, Any]]
+) -> dict[str, torch.Tensor]:
     t = {n: torch.tensor([v.index(o[n]) for o in owners]) for n, v in model.class_names.items()}
     t["regression"] = torch.tensor(
         [[(o["age"] - AGE_MEAN) / AGE_STD, o["size"]] for o in owners], dtype=torch.float32
@@ -335,151 +336,3 @@ def predict_faces(
         for i in range(0, len(faces), batch_size)
     ]
     return model.labels({k: torch.cat([p[k] for p in preds]) for k in preds[0]})
-
-
-# --- The command ------------------------------------------------------------------------------
-
-DEFAULT_STEPS = 1500
-TARGETS = {"gender_acc": (">=", 0.99), "age_mae": ("<=", 4.0), "size_r2": (">=", 0.9)}
-METRIC_NAMES = {
-    "gender_acc": "gender accuracy",
-    "age_mae": "age MAE (years)",
-    "age_within_10": "age within ±10 y",
-    "size_r2": "size R²",
-}
-
-
-@dataclass
-class OracleReport:
-    """What `run_oracle` trained, measured and wrote."""
-
-    out: Path
-    oracle: dict[str, float]  # on the test split's true faces
-    ceiling: dict[str, float]  # a perfect voice-only model
-    chance: dict[str, float]
-    counts: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    def table(self) -> str:
-        """The three rows side by side, as a Markdown table."""
-        lines = [
-            "| metric | oracle on true faces | voice-only ceiling | chance |",
-            "|---|---:|---:|---:|",
-        ]
-        for key in self.oracle:
-            name = METRIC_NAMES.get(key, key.removesuffix("_acc").replace("_", " ") + " accuracy")
-            mark = ""
-            if key in TARGETS:
-                op, bound = TARGETS[key]
-                ok = self.oracle[key] >= bound if op == ">=" else self.oracle[key] <= bound
-                mark = f" ({'meets' if ok else 'MISSES'} target {op} {bound:g})"
-            cells = [
-                f"{d[key]:.3f}" if key != "age_mae" else f"{d[key]:.2f}"
-                for d in (self.oracle, self.ceiling, self.chance)
-            ]
-            lines.append(f"| {name}{mark} | " + " | ".join(cells) + " |")
-        return "\n".join(lines)
-
-    def summary(self) -> str:
-        c = self.counts
-        return "\n".join(
-            [
-                f"SynthVox oracle: {c.get('steps')} steps on {c.get('train_faces')} faces of "
-                f"{c.get('train_speakers')} train speakers in {self.seconds:.0f} s; scored on "
-                f"{c.get('test_faces')} faces of {c.get('test_speakers')} test speakers",
-                self.table(),
-                f"saved to {self.out} (SynthVoxOracle.from_pretrained), with metrics.json, "
-                "ceilings.json and report.md",
-            ]
-        )
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-def run_oracle(data: Path, out: Path, *, steps: int | None = None, seed: int = 0) -> OracleReport:
-    """Train the oracle on `data`'s train faces, score it on its test faces, write it to `out`.
-
-    Writes the model (`save_pretrained`), metrics.json, ceilings.json (oracle / voice-only
-    ceiling / chance for every metric) and report.md. Raises `InputError` for a folder that is
-    not a prepared SynthVox dataset.
-    """
-    data, out = Path(data), Path(out)
-    rows = read_manifest(data)
-    missing = [n for n, _ in CLASSES if n not in rows[0]] + [
-        n for n in REGRESSION if n not in rows[0]
-    ]
-    if missing:
-        raise InputError(
-            data,
-            f"is not a SynthVox dataset (no field {missing[0]!r}); "
-            "make one with `scldm prepare synthvox`",
-        )
-    if steps is not None and steps < 1:
-        raise InputError(None, f"--steps must be at least 1, got {steps}")
-    train = _speaker_rows([r for r in rows if r["split"] == "train"])
-    test = _speaker_rows([r for r in rows if r["split"] == "test"])
-    if not train or not test:
-        raise InputError(data, "needs speakers in both the train and the test split")
-    start = time.perf_counter()
-    size = min(64, load_face(data / train[0]["faces"][0]).size[0])  # the oracle reads ≤ 64 px
-    train_faces, train_owners = _load_faces(data, train, size)
-    test_faces, test_owners = _load_faces(data, test, size)
-    model = train_oracle(
-        train_faces,
-        _targets(SynthVoxOracle(image_size=size), train_owners),
-        steps=steps or DEFAULT_STEPS,
-        seed=seed,
-    )
-    pred = predict_faces(model, test_faces)
-    names = [*model.class_names, *REGRESSION]
-    report = OracleReport(
-        out=out,
-        oracle=attribute_metrics(pred, _table(test_owners, names)),
-        ceiling=voice_only_ceiling(train, test_owners),
-        chance=chance_level(train, test_owners),
-        counts={
-            "steps": steps or DEFAULT_STEPS,
-            "train_faces": len(train_faces),
-            "train_speakers": len(train),
-            "test_faces": len(test_faces),
-            "test_speakers": len(test),
-        },
-        seconds=time.perf_counter() - start,
-    )
-    order = list(report.oracle)
-    report.ceiling = {k: report.ceiling[k] for k in order}
-    report.chance = {k: report.chance[k] for k in order}
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    _write_json(
-        out / "metrics.json",
-        {
-            "oracle_on_test_faces": report.oracle,
-            "data": str(data),
-            "seed": seed,
-            **report.counts,
-            "seconds": round(report.seconds, 1),
-        },
-    )
-    _write_json(
-        out / "ceilings.json",
-        {
-            "oracle_on_true_faces": report.oracle,
-            "voice_only_ceiling": report.ceiling,
-            "chance": report.chance,
-        },
-    )
-    (out / "report.md").write_text(
-        "# SynthVox oracle\n\n"
-        + report.summary().split("\n", 1)[0]
-        + f" (seed {seed}).\n\n"
-        + report.table()
-        + "\n\n"
-        "*Oracle on true faces*: the oracle's own accuracy on real test faces, the floor of any "
-        "evaluation that uses it. *Voice-only ceiling*: a model that recovers gender, age and size "
-        "from the voice exactly and predicts every other attribute by its most frequent value for "
-        "that gender and age decade. *Chance*: the attributes of a random training speaker.\n"
-    )
-    return report
