@@ -46,7 +46,7 @@ def main() -> None:
     from scldm.data.datasets import SpeechFaceDataset, collate
     from scldm.data.synthvox.probe import spectrogram_stats
     from scldm.evaluation.metrics import pearson_r, ridge_probe
-    from scldm.training.encoders import PROBE_ALPHAS
+    from scldm.evaluation.stage1 import PROBE_ALPHAS
     from scldm.training.latents import load_encoders
 
     enc = load_encoders(args.encoders)

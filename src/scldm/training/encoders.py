@@ -21,7 +21,7 @@ from scldm.audio import SpectrogramFrontend, random_crop
 from scldm.config import EncoderStageConfig
 from scldm.data.datasets import SpeakerBatchSampler, SpeechFaceDataset, collate
 from scldm.errors import InputError
-from scldm.evaluation.stage1 import PROBE_ALPHAS, score_export, validate
+from scldm.evaluation.stage1 import score_export, validate
 from scldm.io import write_json
 from scldm.losses import encoder_stage_loss
 from scldm.models import FaceDecoder, FaceEncoder, SpeechEncoder
@@ -47,8 +47,7 @@ from scldm.training.loop import (
     setup_run,
 )
 
-# PROBE_ALPHAS lives in scldm.evaluation.stage1; importable from here for older scripts
-__all__ = ["PROBE_ALPHAS", "build_model", "component_kwargs", "make_optimizer", "train"]
+__all__ = ["build_model", "component_kwargs", "make_optimizer", "train"]
 log = logging.getLogger("scldm.train")
 LOGIT_SCALE_MAX = 4.6052  # ln 100, CLIP's clamp
 CURVES = ["train/loss", "train/contrastive", "train/mae", "val/R@1", "val/R@10", "val/psnr"]
