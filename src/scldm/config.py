@@ -84,6 +84,11 @@ class EvalConfig:
     grid_size: int = 8
 
 
+# the samplers `scldm.diffusion.sampling.make_scheduler` knows, by name (here so the CLI can
+# list them without importing diffusers)
+SAMPLER_NAMES = ("ddpm", "ddim", "dpm++", "unipc")
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """How a pipeline samples faces by default: saved inside the pipeline folder (stage 2 writes
@@ -91,7 +96,7 @@ class SamplingConfig:
     `scldm evaluate` and the ablation, each of which can override any field. The defaults were
     chosen on SynthVox's validation voices (docs/results.md)."""
 
-    scheduler: str = "dpm++"  # ddpm | ddim | dpm++ | unipc (`scldm.diffusion.sampling`)
+    scheduler: str = "dpm++"  # one of SAMPLER_NAMES
     num_inference_steps: int = 25
     guidance_scale: float = 6.0  # classifier-free guidance g; 1 = one conditional pass
     temperature: float = 0.8  # τ: the starting noise's scale around the prior mean

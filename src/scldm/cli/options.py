@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scldm.config import SAMPLER_NAMES
 from scldm.data.prepare.options import PrepareOptions
 from scldm.errors import InputError
 
@@ -115,9 +116,7 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
         default=None,
         help="classifier-free guidance scale g; 1 = none, one UNet pass per step",
     )
-    g.add_argument(
-        "--scheduler", choices=["ddpm", "ddim", "dpm++", "unipc"], default=None, help="sampler"
-    )
+    g.add_argument("--scheduler", choices=SAMPLER_NAMES, default=None, help="sampler")
     g.add_argument(
         "--prior-scale",
         "--lam",

@@ -52,7 +52,7 @@ class SpeechToFacePipeline(DiffusionPipeline):
     """Speech → face with the speech-conditioned LDM and the face prior (SCLDM, DESIGN.md §2).
 
     audio → front end (B, 2, F, T) → speech encoder tokens (B, N, D) → prior-shifted sampling
-    of latents (B, C, h, w) with `scheduler` (`objective.sample_latents`) → face decoder of
+    of latents (B, C, h, w) with `scheduler` (`sampling.sample_latents`) → face decoder of
     latents / scaling_factor → faces (B, 3, H, W). Any diffusers scheduler works; see
     `make_scheduler`.
 
@@ -89,7 +89,7 @@ class SpeechToFacePipeline(DiffusionPipeline):
         unknown = set(sampling) - known
         if unknown:
             raise InputError(None, f"unknown sampling settings {sorted(unknown)}; known: {known}")
-        values = {**dataclasses.asdict(SamplingConfig(**sampling))}
+        values = dataclasses.asdict(SamplingConfig(**sampling))
         values["scheduler"] = scheduler_name(scheduler)  # the component is what samples
         self.register_to_config(sampling=values)
 

@@ -24,15 +24,18 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
+from scldm.config import SAMPLER_NAMES
 from scldm.diffusion.prior import prior_shift
 from scldm.errors import InputError
 
-SCHEDULERS: dict[str, type[SchedulerMixin]] = {
-    "ddpm": DDPMScheduler,
-    "ddim": DDIMScheduler,
-    "dpm++": DPMSolverMultistepScheduler,  # DPM-Solver++(2M), Lu et al. 2022
-    "unipc": UniPCMultistepScheduler,  # Zhao et al. 2023
-}
+# DDPM; DDIM; DPM-Solver++(2M), Lu et al. 2022; UniPC, Zhao et al. 2023
+SCHEDULERS: dict[str, type[SchedulerMixin]] = dict(
+    zip(
+        SAMPLER_NAMES,
+        (DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler),
+        strict=True,
+    )
+)
 # the noise schedule of LDM / Stable Diffusion, used when no training config is given
 NOISE_SCHEDULE: dict[str, Any] = {
     "num_train_timesteps": 1000,
@@ -55,7 +58,7 @@ def make_scheduler(
 
     `config` is a scheduler config (e.g. the training `DDPMScheduler.config`; LDM's schedule
     when None); SAMPLING_SETTINGS are applied on top, then `overrides`.
-    Swap a pipeline's sampler with `pipe.scheduler = make_scheduler("ddim", pipe.scheduler.config)`.
+    A pipeline swaps its sampler with `pipe.set_sampling(scheduler="ddim")`, which calls this.
     """
     if name not in SCHEDULERS:
         raise InputError(None, f"unknown sampler {name!r}; known: {', '.join(SCHEDULERS)}")

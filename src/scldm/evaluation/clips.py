@@ -5,6 +5,7 @@ speaker), and where a clip's generated faces are cached.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,3 +82,18 @@ def plan_clips(data: Path, split: str, *, max_clips: int | None, seed: int) -> l
 
 def image_path(out: Path, clip: Clip, k: int) -> Path:
     return out / "images" / f"{clip.index:06d}_{k}.png"
+
+
+def first_clips(clips: Sequence[Clip], speakers: int | None = None) -> list[Clip]:
+    """The first clip of each speaker, in clip order, for up to `speakers` speakers: one voice a
+    speaker, for sample grids."""
+    firsts: dict[str, Clip] = {}
+    for c in clips:
+        firsts.setdefault(c.speaker, c)
+    return list(firsts.values())[:speakers]
+
+
+def true_caption(clip: Clip) -> str:
+    """ "true" and the clip's gender and age labels, where it has them: a grid's caption."""
+    tag = " ".join(str(clip.labels[k]) for k in ("gender", "age") if clip.labels.get(k) is not None)
+    return f"true {tag}".strip()

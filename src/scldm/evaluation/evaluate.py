@@ -226,10 +226,8 @@ def score_features(
                     )
         # retrieval by speaker: the mean feature of a speaker's faces of this condition as the
         # query, the speaker's mean true face as the key (speakers with found faces of both)
-        query, q_ids = mean_by_group(f.double(), row_spk, weights=ok)
         found = {s for s, o in zip(row_spk, ok.tolist(), strict=True) if o} & true_found
         kept = [s for s in ids if s in found]
-        q_row = {s: i for i, s in enumerate(q_ids)}
         pool = min(settings.pool_size, len(kept))
         if cond == "chance":
             # a face unrelated to the speaker ranks the speaker's key uniformly: R@K = K/pool.
@@ -237,6 +235,8 @@ def score_features(
             # retrieving with them would measure the partner, not chance.
             hits = {k: np.full(len(kept), min(k, pool) / max(pool, 1)) for k in (1, 5, 10)}
         else:
+            query, q_ids = mean_by_group(f.double(), row_spk, weights=ok)
+            q_row = {s: i for i, s in enumerate(q_ids)}
             hits = pooled_hits(
                 query.float()[torch.tensor([q_row[s] for s in kept], dtype=torch.long)],
                 spk_mean[torch.tensor([row_of[s] for s in kept], dtype=torch.long)],

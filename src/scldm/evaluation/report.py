@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from scldm.evaluation.clips import Clip, EvalSettings
+from scldm.evaluation.clips import Clip, EvalSettings, first_clips, true_caption
 from scldm.evaluation.evaluate import CONDITIONS, DISTANCES, Faces
 from scldm.faces import make_grid, save_image
 from scldm.io import save_figure, write_text
@@ -97,17 +97,10 @@ def sample_grid(
     clips: Sequence[Clip], faces: Faces, num_images: int, path: Path, *, speakers: int = 8
 ) -> Path:
     """true face | K generated faces for the first clip of up to `speakers` speakers."""
-    firsts, seen = [], set()
-    for c in clips:
-        if c.speaker not in seen:
-            seen.add(c.speaker)
-            firsts.append(c)
-    firsts = firsts[:speakers]
     images, captions = [], []
-    for c in firsts:
+    for c in first_clips(clips, speakers):
         images.append(faces.images["true"][c.index])
-        tag = " ".join(str(c.labels[k]) for k in ("gender", "age") if c.labels.get(k) is not None)
-        captions.append(f"true {tag}".strip())
+        captions.append(true_caption(c))
         for k in range(num_images):
             images.append(faces.images["model"][c.index * num_images + k])
             captions.append("generated")

@@ -12,7 +12,7 @@ from typing import Any
 
 from PIL import Image
 
-from scldm.evaluation.evaluate import image_path, plan_clips
+from scldm.evaluation.clips import first_clips, image_path, plan_clips, true_caption
 from scldm.evaluation.report import fmt
 from scldm.experiments.ablate import CLIP_KEY, ORACLE, Ablation, lam_name
 from scldm.faces import load_face_tensor, make_grid, save_image
@@ -141,20 +141,14 @@ def grids(result: Ablation, path: Path, *, voices: int = 8) -> Path:
     read from each row's cached evaluation images."""
     s = result.settings
     clips = plan_clips(Path(result.stage1.data.root), s.split, max_clips=s.max_clips, seed=s.seed)
-    firsts, seen = [], set()
-    for c in clips:
-        if c.speaker not in seen:
-            seen.add(c.speaker)
-            firsts.append(c)
-    firsts = firsts[:voices]
+    firsts = first_clips(clips, voices)
     folders = {name: key.folder(result.out) for name, key in result.rows.items()}
     with Image.open(image_path(folders["base"], firsts[0], 0)) as im:
         size = max(im.size[0], 96)  # the generated faces' size, enlarged to fit the captions
     images, captions = [], []
     for c in firsts:
-        tag = " ".join(str(c.labels[k]) for k in ("gender", "age") if c.labels.get(k) is not None)
         images.append(load_face_tensor(c.face, size))
-        captions.append(f"true {tag}".strip())
+        captions.append(true_caption(c))
         for name, folder in folders.items():
             images.append(load_face_tensor(image_path(folder, c, 0), size))
             captions.append(name)
