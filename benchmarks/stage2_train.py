@@ -47,10 +47,10 @@ def measure(args: argparse.Namespace, mode: str) -> dict:
     from scldm.config import DiffusionStageConfig, load_config
     from scldm.data.datasets import SpeechFaceDataset, collate
     from scldm.diffusion.objective import diffusion_loss
-    from scldm.diffusion.prior import load_prior
+    from scldm.diffusion.prior import PRIOR_FILE, load_prior
     from scldm.diffusion.unet import build_unet
     from scldm.training.diffusion import EpochSampler
-    from scldm.training.latents import build_cache, load_encoders
+    from scldm.training.latents import build_cache, load_encoders, prior_folder
     from scldm.training.loop import batch_stream
 
     device, cuda = args.device, args.device.startswith("cuda")
@@ -63,8 +63,8 @@ def measure(args: argparse.Namespace, mode: str) -> dict:
     encoders = load_encoders(args.encoders)
     unet = build_unet(cfg.unet).to(device).train()
     latent_shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
-    if (encoders.path.parent / "prior" / "prior.safetensors").is_file():
-        report = load_prior(encoders.path.parent / "prior")
+    if (prior_folder(encoders) / PRIOR_FILE).is_file():
+        report = load_prior(prior_folder(encoders))
         prior, scale = report.prior, report.scale
     else:
         prior, scale = torch.zeros(latent_shape), 1.0

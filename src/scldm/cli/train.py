@@ -77,14 +77,14 @@ def _prior_options(p: argparse.ArgumentParser) -> None:
 
 
 def _prior(args: argparse.Namespace) -> int:
-    from scldm.training.latents import face_prior, load_encoders
+    from scldm.training.latents import face_prior, load_encoders, prior_folder
 
     require_dataset(args.data)
     encoders = load_encoders(args.encoders)
     report = face_prior(
         encoders, args.data, num_faces=args.num_faces, seed=args.seed, recompute=True
     )
-    out = encoders.path.parent / "prior"
+    out = prior_folder(encoders)
     print(f"face prior of {report.num_faces} training faces (latent scale {report.scale:.4f})")
     print(report.table())
     print(f"saved to {out}/: prior.safetensors, prior_convergence.csv, prior_convergence.png")

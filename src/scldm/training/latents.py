@@ -174,6 +174,11 @@ def build_cache(
     return LatentCache(path=path, tensors=tensors, rows=dataset.rows, speakers=dataset.speakers)
 
 
+def prior_folder(encoders: Encoders) -> Path:
+    """Where a stage-1 run keeps its face prior: `<run>/prior/`."""
+    return encoders.path.parent / "prior"
+
+
 def face_prior(
     encoders: Encoders,
     data: str | Path,
@@ -187,7 +192,7 @@ def face_prior(
     and the ablation get it from. Reused when it exists, unless `recompute`; otherwise computed
     from the training split's latent cache (`cache`, or built now) and saved with its
     convergence table."""
-    folder = encoders.path.parent / "prior"
+    folder = prior_folder(encoders)
     if not recompute and (folder / PRIOR_FILE).is_file():
         return load_prior(folder)
     if cache is None:
