@@ -88,3 +88,14 @@ def test_override_of_one_mapping_key_keeps_the_others():
 
     cfg = load_config(EncoderStageConfig, {}, ["loss_weights.loss/lpips=0.5"])
     assert cfg.loss_weights == {"loss/contrastive": 1.0, "loss/mae": 1.0, "loss/lpips": 0.5}
+
+
+def test_the_sampling_section_is_checked_when_the_config_loads():
+    from scldm.config import SAMPLER_NAMES, DiffusionStageConfig
+
+    cfg = load_config(DiffusionStageConfig, "tiny", ["sampling.scheduler=ddim"], stage="train")
+    assert cfg.sampling.scheduler == "ddim" and "ddim" in SAMPLER_NAMES
+    with pytest.raises(InputError, match="sampling.scheduler: expected one of"):
+        load_config(DiffusionStageConfig, "tiny", ["sampling.scheduler=euler"], stage="train")
+    with pytest.raises(InputError, match="sampling.guidance"):  # an unknown key is named
+        load_config(DiffusionStageConfig, "tiny", ["sampling.guidance=3"], stage="train")

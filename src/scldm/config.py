@@ -85,8 +85,9 @@ class EvalConfig:
 
 
 # the samplers `scldm.diffusion.sampling.make_scheduler` knows, by name (here so the CLI can
-# list them without importing diffusers)
-SAMPLER_NAMES = ("ddpm", "ddim", "dpm++", "unipc")
+# list them without importing diffusers, and a config naming another is refused when loaded)
+Sampler = Literal["ddpm", "ddim", "dpm++", "unipc"]
+SAMPLER_NAMES: tuple[str, ...] = typing.get_args(Sampler)
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ class SamplingConfig:
     `scldm evaluate` and the ablation, each of which can override any field. The defaults were
     chosen on SynthVox's validation voices (docs/results.md)."""
 
-    scheduler: str = "dpm++"  # one of SAMPLER_NAMES
+    scheduler: Sampler = "dpm++"
     num_inference_steps: int = 25
     guidance_scale: float = 6.0  # classifier-free guidance g; 1 = one conditional pass
     temperature: float = 0.8  # τ: the starting noise's scale around the prior mean
