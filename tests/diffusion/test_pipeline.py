@@ -309,6 +309,13 @@ def test_the_sampling_config_is_saved_and_is_the_default(pipe, waves, tmp_path: 
     assert loaded.scheduler.config.beta_schedule == pipe.scheduler.config.beta_schedule
     with pytest.raises(InputError, match="unknown sampling settings"):
         SpeechToFacePipeline(**pipe.components, sampling={"lam": 0.1})
+    # in a saved folder, the error names its model_index.json
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    index["sampling"]["guidance"] = 3.0
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    bad = r"model_index.json: unknown sampling settings \['guidance'\]"
+    with pytest.raises(InputError, match=bad):
+        SpeechToFacePipeline.from_pretrained(tmp_path)
 
 
 def test_a_pipeline_saved_before_the_sampling_config_still_loads(pipe, waves, tmp_path: Path):

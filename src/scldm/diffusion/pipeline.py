@@ -88,10 +88,24 @@ class SpeechToFacePipeline(DiffusionPipeline):
         known = {f.name for f in dataclasses.fields(SamplingConfig)}
         unknown = set(sampling) - known
         if unknown:
-            raise InputError(None, f"unknown sampling settings {sorted(unknown)}; known: {known}")
+            raise InputError(
+                None, f"unknown sampling settings {sorted(unknown)}; known: {sorted(known)}"
+            )
         values = dataclasses.asdict(SamplingConfig(**sampling))
         values["scheduler"] = scheduler_name(scheduler)  # the component is what samples
         self.register_to_config(sampling=values)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
+        """`DiffusionPipeline.from_pretrained`; a bad setting in the folder's model_index.json
+        (e.g. an unknown sampling key) is an `InputError` naming that file."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        except InputError as e:
+            if e.path is not None:
+                raise
+            index = os.path.join(pretrained_model_name_or_path, "model_index.json")
+            raise InputError(index, e.problem) from None
 
     @property
     def sampling(self) -> SamplingConfig:
