@@ -97,6 +97,28 @@ def test_generate_writes_the_image_the_pipeline_gives(tiny_pipeline, tmp_path, c
     assert np.array_equal(np.asarray(Image.open(out / "voice_0.png")), np.asarray(expected))
 
 
+def test_generate_sampling_options_are_the_pipeline_arguments(tiny_pipeline, tmp_path):
+    """--prior-scale (and its alias --lam), --steps, --guidance and --temperature reach the
+    pipeline call as prior_scale, num_inference_steps, guidance_scale and temperature."""
+    voice = write_wav(tmp_path / "voice.wav", tone(220.0, 0.7))
+    pipe = SpeechToFacePipeline.from_pretrained(tiny_pipeline)
+    options = ["--steps", "3", "--guidance", "2", "--temperature", "0.5"]
+    kwargs = {"num_inference_steps": 3, "guidance_scale": 2.0, "temperature": 0.5}
+    images = {}
+    for flag in ("--prior-scale", "--lam"):
+        out = tmp_path / flag.strip("-")
+        argv = ["generate", str(voice), "--model", str(tiny_pipeline), "-o", str(out)]
+        assert main([*argv, "--seed", "3", *options, flag, "0"]) == 0
+        images[flag] = np.asarray(Image.open(out / "voice_0.png"))
+    g = torch.Generator().manual_seed(3)
+    expected = pipe(str(voice), generator=g, prior_scale=0.0, **kwargs).images[0]
+    assert np.array_equal(images["--prior-scale"], np.asarray(expected))
+    assert np.array_equal(images["--lam"], images["--prior-scale"])
+    g = torch.Generator().manual_seed(3)
+    saved_scale = pipe(str(voice), generator=g, **kwargs).images[0]  # λ 0.5 from the folder
+    assert not np.array_equal(images["--lam"], np.asarray(saved_scale))
+
+
 def test_generate_rejects_bad_input(tiny_pipeline, tmp_path, capsys):
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"not audio at all")
