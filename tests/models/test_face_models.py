@@ -90,17 +90,34 @@ def test_face_models_save_load_round_trip(tmp_path):
     encoder = FaceEncoder(**FACE_ENCODER_PRESETS["tiny"], batch_norm=True)
     decoder = FaceDecoder(**FACE_DECODER_PRESETS["tiny"])
     encoder(faces(4))  # move BatchNorm statistics
-    encoder.register_to_config(scaling_factor=0.5)  # what stage 2 does
+    decoder.register_to_config(scaling_factor=0.5)  # what stage 2 does: the one place it lives
     encoder.eval().save_pretrained(tmp_path / "enc")
     decoder.save_pretrained(tmp_path / "dec")
     encoder2 = FaceEncoder.from_pretrained(tmp_path / "enc").eval()
     decoder2 = FaceDecoder.from_pretrained(tmp_path / "dec")
-    assert encoder2.config.scaling_factor == 0.5
+    assert decoder2.config.scaling_factor == 0.5 and "scaling_factor" not in encoder2.config
     face = faces(2)
     with torch.no_grad():
         a, b = encoder(face), encoder2(face)
         assert torch.equal(a.latents, b.latents) and torch.equal(a.embedding, b.embedding)
         assert torch.equal(decoder(a.latents), decoder2(a.latents))
+
+
+def test_an_older_face_encoder_config_with_a_latent_scale_still_loads(tmp_path, capfd):
+    import json
+
+    encoder = FaceEncoder(**FACE_ENCODER_PRESETS["tiny"]).eval()
+    encoder.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert "scaling_factor" not in config
+    (tmp_path / "config.json").write_text(json.dumps({**config, "scaling_factor": 1.0}))
+    capfd.readouterr()
+    loaded = FaceEncoder.from_pretrained(tmp_path).eval()
+    assert "scaling_factor" not in loaded.config
+    assert "scaling_factor" not in capfd.readouterr().err  # no "not expected" warning
+    face = faces(2)
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(face), encoder.encode(face))
 
 
 def test_presets_keep_the_vgg16_structure_and_the_decoder_mirrors_the_encoder():

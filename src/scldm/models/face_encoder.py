@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -84,9 +85,16 @@ class FaceEncoder(ModelMixin, ConfigMixin):
     (off for VGGFace). With `vggface_normalisation`, faces are mapped to VGGFace's input
     convention inside the model (x·127.5 + 127.5 − mean RGB, i.e. 0–255 RGB minus the mean
     face colour); use it with VGGFace weights, and leave it off to train from scratch on
-    [-1, 1] inputs. `scaling_factor` is the diffusers latent scale (latents are multiplied by it
-    before diffusion); stage 2 computes and sets it, encode() does not apply it.
+    [-1, 1] inputs. encode() returns unscaled latents: the latent scale is computed with the face
+    prior (`scldm.diffusion.prior`) and kept in the face decoder's config (`scaling_factor`).
     """
+
+    @classmethod
+    def extract_init_dict(cls, config_dict: dict[str, Any], **kwargs: Any):
+        """diffusers' config reading, minus the `scaling_factor` that exports written before the
+        latent scale moved to the face decoder still carry (read quietly, and dropped)."""
+        config_dict = {k: v for k, v in config_dict.items() if k != "scaling_factor"}
+        return super().extract_init_dict(config_dict, **kwargs)
 
     @register_to_config
     def __init__(
@@ -100,7 +108,6 @@ class FaceEncoder(ModelMixin, ConfigMixin):
         batch_norm: bool = False,
         vggface_normalisation: bool = True,
         image_size: int = 224,
-        scaling_factor: float = 1.0,
     ) -> None:
         super().__init__()
         blocks = split_vgg_blocks(widths)
