@@ -1,0 +1,145 @@
+"""Realism metrics with known answers: the two-sample classifier test and KID on identical,
+shifted and speaker-clustered distributions, a hand-computed MMD², and the protocol's speaker
+halves."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from scldm.evaluation.realism import (
+    kid,
+    mmd2_unbiased,
+    polynomial_kernel,
+    speaker_halves,
+    two_sample_test,
+    wilson_interval,
+)
+
+
+def _images(n: int, *, shift: float = 0.0, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 8, 8, generator=g) + shift  # (n, 3, 8, 8)
+
+
+def _clustered(groups: int, *, dim: int = 16, seed: int) -> tuple[torch.Tensor, list[int]]:
+    """Two near-identical rows per group (a speaker's two faces): (2·groups, dim), group ids."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(groups, dim, generator=g)
+    rows = centres.repeat_interleave(2, 0) + 0.05 * torch.randn(2 * groups, dim, generator=g)
+    return rows, [i // 2 for i in range(2 * groups)]
+
+
+# --- MMD² and KID ------------------------------------------------------------------------------
+
+
+def test_mmd2_matches_a_hand_computation():
+    # D = 1: k(a, b) = (a·b + 1)³
+    x, y = torch.tensor([[0.0], [1.0]]), torch.tensor([[2.0], [3.0]])
+    assert polynomial_kernel(x, y).tolist() == [[1.0, 1.0], [27.0, 64.0]]
+    # xx: k(0, 1) = 1; yy: k(2, 3) = 343; xy: mean(1, 1, 27, 64) = 23.25
+    assert mmd2_unbiased(x, y) == pytest.approx(1 + 343 - 2 * 23.25)
+    # groups: the pair of x of group "a" is left out; xx = mean(k(0, .5), k(1, .5)) = 2.1875
+    x3 = torch.tensor([[0.0], [1.0], [0.5]])
+    xy = polynomial_kernel(x3, y).mean().item()
+    got = mmd2_unbiased(x3, y, x_groups=["a", "a", "b"])
+    assert got == pytest.approx((1 + 3.375) / 2 + 343 - 2 * xy)
+    with pytest.raises(ValueError, match="2 samples"):
+        mmd2_unbiased(x3, y, x_groups=["a", "a", "a"])
+
+
+def test_kid_is_unbiased_near_zero_for_one_distribution_and_positive_for_a_shift():
+    g = torch.Generator().manual_seed(0)
+    draws = [
+        mmd2_unbiased(torch.randn(20, 8, generator=g), torch.randn(20, 8, generator=g))
+        for _ in range(300)
+    ]
+    mean, se = np.mean(draws), np.std(draws) / np.sqrt(len(draws))
+    assert abs(mean) < 3 * se  # unbiased: its expectation is 0
+    # the biased estimate (diagonals kept) is clearly positive on the same draws: a real check
+    x, y = torch.randn(20, 8, generator=g), torch.randn(20, 8, generator=g)
+    biased = (
+        polynomial_kernel(x, x).mean()
+        + polynomial_kernel(y, y).mean()
+        - 2 * polynomial_kernel(x, y).mean()
+    )
+    assert biased > 10 * se
+    same = kid(torch.randn(400, 8, generator=g), torch.randn(400, 8, generator=g), subset_size=100)
+    shifted = kid(
+        torch.randn(400, 8, generator=g), torch.randn(400, 8, generator=g) + 1, subset_size=100
+    )
+    assert abs(same["value"]) < 3 * same["std"] / np.sqrt(same["num_subsets"]) + 0.01
+    assert shifted["value"] > 0.5 and shifted["value"] > 20 * abs(same["value"])
+    assert same["subset_size"] == 100 and same["num_subsets"] == 100 and same["n"] == [400, 400]
+
+
+def test_kid_is_seeded_and_whole_sets_give_one_subset():
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(60, 4, generator=g), torch.randn(50, 4, generator=g)
+    assert kid(x, y, subset_size=30, seed=3) == kid(x, y, subset_size=30, seed=3)
+    assert kid(x, y, subset_size=30, seed=3) != kid(x, y, subset_size=30, seed=4)
+    whole = kid(x[:50], y)
+    assert whole["num_subsets"] == 1 and whole["std"] == 0.0
+    assert whole["value"] == pytest.approx(mmd2_unbiased(x[:50], y))
+    assert kid(x[:1], y) is None
+
+
+def test_kid_with_speaker_groups_is_unbiased_where_pairs_of_a_speaker_are_not():
+    grouped, plain = [], []
+    for seed in range(40):
+        x, gx = _clustered(15, seed=2 * seed)
+        y, gy = _clustered(15, seed=2 * seed + 1)
+        plain.append(mmd2_unbiased(x, y))
+        grouped.append(mmd2_unbiased(x, y, x_groups=gx, y_groups=gy))
+    se = np.std(grouped) / np.sqrt(len(grouped))
+    assert abs(np.mean(grouped)) < 3 * se
+    assert np.mean(plain) > 10 * se  # a speaker's two alike faces look like a difference
+
+
+# --- the classifier two-sample test ----------------------------------------------------------
+
+
+def test_two_sample_test_cannot_tell_one_distribution_and_tells_a_shift():
+    same = two_sample_test(_images(100, seed=0), _images(100, seed=1))
+    assert 0.35 < same["accuracy"] < 0.65
+    lo, hi = same["ci"]
+    assert lo < 0.5 < hi and lo < same["accuracy"] < hi
+    shifted = two_sample_test(_images(100, seed=0), _images(100, shift=1.0, seed=1))
+    assert shifted["accuracy"] > 0.95
+    assert same["n"] == 100 and same["folds"] == 5
+
+
+def test_two_sample_test_balances_classes_and_is_seeded():
+    x, y = _images(80, seed=0), _images(30, shift=0.3, seed=1)
+    res = two_sample_test(x, y, seed=7)
+    assert res["n"] == 30  # the larger set subsampled to the smaller
+    assert two_sample_test(x, y, seed=7) == res
+    small = two_sample_test(x, y, size=4)  # downsampled before flattening
+    assert small["size"] == 4 and 0 <= small["accuracy"] <= 1
+    assert two_sample_test(x[:1], y) is None
+
+
+def test_two_sample_folds_grouped_by_speaker_do_not_recognise_people():
+    # more pixels than images, as with faces: a linear classifier can recognise each speaker
+    x, gx = _clustered(40, dim=192, seed=0)
+    y, gy = _clustered(40, dim=192, seed=1)
+    x, y = x.view(-1, 3, 8, 8), y.view(-1, 3, 8, 8)
+    plain = two_sample_test(x, y)
+    grouped = two_sample_test(x, y, x_groups=gx, y_groups=gy)
+    assert plain["accuracy"] > 0.8  # one face of a speaker seen in training: the other is known
+    assert 0.3 < grouped["accuracy"] < 0.7
+
+
+def test_wilson_interval_hand_checked():
+    lo, hi = wilson_interval(8, 10)
+    assert (lo, hi) == pytest.approx((0.4902, 0.9433), abs=1e-4)
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
+
+
+def test_speaker_halves_are_disjoint_seeded_and_cover_everyone():
+    speakers = [f"s{i}" for i in range(7) for _ in range(3)]
+    s1, s2 = speaker_halves(speakers, seed=0)
+    assert s1.isdisjoint(s2) and s1 | s2 == set(speakers) and (len(s1), len(s2)) == (3, 4)
+    assert speaker_halves(speakers, seed=0) == (s1, s2)
+    assert any(speaker_halves(speakers, seed=k)[0] != s1 for k in range(1, 5))
