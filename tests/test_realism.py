@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from scldm.errors import InputError
+from scldm.evaluation.demo_report import demo_report
 from scldm.evaluation.evaluate import EvalSettings, evaluate
 from scldm.evaluation.realism import (
     kid,
@@ -162,7 +163,7 @@ class CopyReconstructor:
         return faces.clone()
 
 
-def test_evaluate_scores_realism_and_a_perfect_reconstruction(tiny_stage1, tmp_path):
+def test_evaluate_and_demo_report_score_realism_and_a_perfect_reconstruction(tiny_stage1, tmp_path):
     data, _ = tiny_stage1
     out = tmp_path / "demo" / "eval"
     res = evaluate(
@@ -195,6 +196,11 @@ def test_evaluate_scores_realism_and_a_perfect_reconstruction(tiny_stage1, tmp_p
     report = (out / "report.md").read_text()
     assert "## Realism" in report and "| floor |" in report and "| reconstruction |" in report
     assert "## Reconstruction fidelity" in report and (out / "reconstructions.png").is_file()
+    text = demo_report(tmp_path / "demo").read_text()  # the demo's page carries them too
+    assert "## Do the faces look real?" in text and "| model |" in text
+    background = next(line for line in text.splitlines() if "| background |" in line)
+    assert background.startswith("| face-only") and background.count("1.000 [1.000, 1.000]") == 2
+    assert (tmp_path / "demo" / "reconstructions.png").is_file()
 
 
 def test_load_reconstructor_checks_the_folder_and_the_fit(tiny_stage1, tmp_path):
