@@ -39,23 +39,22 @@ lint: install
 
 # The main job end to end on SynthVox: data, its oracle, stage 1, the face prior, stage 2 and
 # faces for held-out voices. Steps are cut to fit a laptop; the full settings are the presets'.
-# Stage 2 skips the decoder refinement (decoder.steps=0): on the demo's short runs it changed
-# little for its cost (docs/notes/2026-11-decoder-refinement.md).
 DEMO ?= runs/demo
 demo: install
 	$(VENV)/bin/scldm prepare synthvox --out $(DEMO)/data --speakers 600 --image-size 64 --workers 2
 	$(VENV)/bin/scldm synthvox-oracle --data $(DEMO)/data --out $(DEMO)/oracle --steps 600
 	$(VENV)/bin/scldm pretrain --data $(DEMO)/data --out $(DEMO)/encoders --config small \
 	  --set train.max_steps=800 --set train.batch_size=32 --set train.eval_every=400 \
-	  --set train.save_every=400 --resume latest
+	  --set train.save_every=400 --set adversarial.start_step=400 --resume latest
 	$(VENV)/bin/scldm prior --encoders $(DEMO)/encoders --data $(DEMO)/data
 	$(VENV)/bin/scldm train --encoders $(DEMO)/encoders --data $(DEMO)/data --out $(DEMO)/ldm \
-	  --config small --set train.max_steps=600 --set train.eval_every=300 --set decoder.steps=0 \
+	  --config small --set train.max_steps=600 --set train.eval_every=300 \
 	  --resume latest
 	$(VENV)/bin/scldm generate --data $(DEMO)/data --split test --speakers 4 \
 	  --model $(DEMO)/ldm/pipeline -o $(DEMO)/faces --num-images 4
 	$(VENV)/bin/scldm evaluate --model $(DEMO)/ldm/pipeline --data $(DEMO)/data \
-	  --oracle $(DEMO)/oracle -o $(DEMO)/eval --batch-size 48 > $(DEMO)/eval.log
+	  --oracle $(DEMO)/oracle --encoders $(DEMO)/encoders -o $(DEMO)/eval --batch-size 48 \
+	  > $(DEMO)/eval.log
 	$(PY) -m scldm.evaluation.demo_report $(DEMO)
 	@echo
 	@echo "demo: data $(DEMO)/data, oracle $(DEMO)/oracle, stage 1 $(DEMO)/encoders, stage 2 $(DEMO)/ldm"

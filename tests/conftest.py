@@ -40,7 +40,7 @@ def face_image(size: int = 48, colour: tuple[int, int, int] = (200, 150, 120)) -
 
 
 def random_tiny_pipeline():
-    """A SpeechToFacePipeline of tiny seeded random components (32 px faces, 4 × 4 × 4 latents,
+    """A SpeechToFacePipeline of tiny seeded random components (32 px faces, 4 × 8 × 8 latents,
     a random prior at λ 0.5): fast to run, deterministic, untrained."""
     from scldm.audio import SpectrogramFrontend
     from scldm.diffusion import FacePrior, SpeechToFacePipeline, build_unet, make_scheduler
@@ -53,7 +53,7 @@ def random_tiny_pipeline():
 
     torch.manual_seed(0)
     frontend = SpectrogramFrontend(n_fft=128, win_length=128, hop_length=64, segment_seconds=0.5)
-    prior = FacePrior(prior=torch.randn(4, 4, 4), lambda_infer=0.5)
+    prior = FacePrior(prior=torch.randn(4, 8, 8), lambda_infer=0.5)
     pipe = SpeechToFacePipeline(
         frontend=frontend,
         speech_encoder=SpeechEncoder(**SPEECH_ENCODER_PRESETS["tiny"]).eval(),

@@ -28,7 +28,7 @@ def test_cache_is_built_once_and_rebuilt_when_the_manifest_changes(stage1, tmp_p
     encoders = load_encoders(run)
     cache = build_cache(encoders, data, "train", batch_size=7)
     n_train = len(read_manifest(data, split="train"))
-    assert len(cache) == n_train and cache.latents.shape[1:] == (4, 4, 4)
+    assert len(cache) == n_train and cache.latents.shape[1:] == (4, 8, 8)
     assert cache.tokens.shape[0] == n_train and cache.tokens.dim() == 3
     # the cached rows are what the encoders compute now
     with torch.no_grad():
@@ -93,7 +93,7 @@ def test_prior_command(stage1, capsys):
     out = capsys.readouterr().out
     assert "face prior of 20 training faces" in out and "| 10 |" in out
     report = load_prior(run / "prior")
-    assert report.prior.shape == (4, 4, 4) and report.scale > 0 and report.num_faces == 20
+    assert report.prior.shape == (4, 8, 8) and report.scale > 0 and report.num_faces == 20
     assert report.convergence[-1]["n"] == 20  # the table read back
     assert (run / "prior" / "prior_convergence.png").is_file()
     rows = (run / "prior" / "prior_convergence.csv").read_text().splitlines()

@@ -116,6 +116,28 @@ class DecoderRefineConfig:
 
 
 @dataclass(frozen=True)
+class AdversarialConfig:
+    """Stage 1's PatchGAN on the face autoencoder's reconstructions (VQGAN's recipe, as latent
+    diffusion trains its autoencoder): the autoencoder adds `weight` · w · L_adv, w the adaptive
+    weight that matches the adversarial gradient at the decoder's last layer to the
+    reconstruction one, plus `feature_matching` · the discriminator-feature distance (a
+    perceptual term learned on the training faces). Both start at `start_step`, when the
+    discriminator starts training too; before it the reconstructions learn their coarse layout
+    from the pixel losses alone. weight 0 and feature_matching 0: no discriminator."""
+
+    weight: float = 0.0
+    feature_matching: float = 0.0
+    start_step: int = 0
+    discriminator: Mapping[str, Any] = field(default_factory=lambda: {"preset": "small"})
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.5, 0.9)  # VQGAN's, for both players
+
+    @property
+    def enabled(self) -> bool:
+        return self.weight > 0 or self.feature_matching > 0
+
+
+@dataclass(frozen=True)
 class EncoderStageConfig:
     """Stage 1: contrastive pre-training of the speech and face encoders and the face decoder.
 
@@ -148,6 +170,7 @@ class EncoderStageConfig:
     loss_weights: Mapping[str, float] = field(
         default_factory=lambda: {"loss/contrastive": 1.0, "loss/mae": 1.0, "loss/lpips": 0.0}
     )
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
     gather_negatives: bool = False
     vggface_weights: str | None = None
     lpips_weights: str | None = None
@@ -183,6 +206,18 @@ class DiffusionStageConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     images_per_voice: int = 4  # generated faces per validation voice in the grids
     decoder: DecoderRefineConfig = field(default_factory=DecoderRefineConfig)
+
+
+def component_kwargs(mapping: Mapping[str, Any], presets: Mapping[str, dict], what: str) -> dict:
+    """Constructor kwargs from a config mapping: `preset: NAME` names an architecture preset of
+    the model module; the other keys override its values."""
+    kwargs = dict(mapping)
+    name = kwargs.pop("preset", None)
+    if name is None:
+        return kwargs
+    if name not in presets:
+        raise InputError(None, f"{what}.preset: unknown {name!r}; known: {', '.join(presets)}")
+    return {**presets[name], **kwargs}
 
 
 # --- Loading ---------------------------------------------------------------------------------
@@ -383,6 +418,7 @@ __all__ = [
     "OptimConfig",
     "TrainConfig",
     "EvalConfig",
+    "AdversarialConfig",
     "EncoderStageConfig",
     "DiffusionStageConfig",
     "load_config",

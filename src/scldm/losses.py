@@ -2,7 +2,10 @@
 
 References: Radford et al., "Learning Transferable Visual Models From Natural Language
 Supervision" (CLIP), ICML 2021, Fig. 3; open_clip's `ClipLoss` (`local_loss` with gathered
-features); the SCLDM paper, eq. 1 (L = L_con + L_rec, L_rec = MAE + LPIPS).
+features); the SCLDM paper, eq. 1 (L = L_con + L_rec, L_rec = MAE + LPIPS); Esser et al.,
+"Taming Transformers" (VQGAN), CVPR 2021, eq. 7 (the adaptive weight of the adversarial term)
+and Lim & Ye, "Geometric GAN", 2017 (the hinge loss); Wang et al., pix2pixHD, CVPR 2018,
+eq. 4 (feature matching).
 Only torch and torch.distributed: no accelerate, no model classes.
 """
 
@@ -16,6 +19,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 LOSS_KEYS = ("loss/contrastive", "loss/mae", "loss/lpips")
+# (reconstruction, target, weighted reconstruction loss) → (term to add, logs)
+AdversarialTerms = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]
+]
 
 
 def _all_gather(x: torch.Tensor) -> torch.Tensor:
@@ -91,15 +98,19 @@ def encoder_stage_loss(
     weights: Mapping[str, float],
     *,
     perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    adversarial: AdversarialTerms | None = None,
     gather: bool = False,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Stage-1 loss, SCLDM eq. 1: total = Σ_k weights[k] · logs[k] over LOSS_KEYS.
+    """Stage-1 loss, SCLDM eq. 1: total = Σ_k weights[k] · logs[k] over LOSS_KEYS, plus the
+    adversarial terms when `adversarial` is given.
 
     outputs: `SpeechFaceModel.forward`'s dict (its reconstruction may cover only the first R
     faces, then L_rec is their mean); batch: needs "face" (B, 3, H, W) and uses
     "speaker" (B,) to mask same-speaker negatives when present. weights: keyed like the logs
     ("loss/contrastive", "loss/mae", "loss/lpips"); a missing key weighs 0, and LPIPS is
-    computed only when its weight is nonzero (then `perceptual` is required).
+    computed only when its weight is nonzero (then `perceptual` is required). `adversarial`:
+    (reconstruction, target faces, weighted reconstruction loss with its graph) → (term added to
+    the total, its logs), e.g. `scldm.training.adversarial.Adversary.generator_terms`.
 
     Returns (loss, logs): logs holds "loss" and each term computed, plus "accuracy" and
     "logit_scale" from `clip_loss`, all 0-dim detached tensors (float() them to log; keeping
@@ -125,6 +136,54 @@ def encoder_stage_loss(
         batch["face"][: len(reconstruction)],
         perceptual=perceptual if use_lpips else None,
     )
+    target = batch["face"][: len(reconstruction)]
     total = sum(weights.get(key, 0.0) * value for key, value in terms.items())
+    extra_logs: dict[str, torch.Tensor] = {}
+    if adversarial is not None:
+        rec = sum(weights.get(k, 0.0) * v for k, v in terms.items() if k != "loss/contrastive")
+        extra, extra_logs = adversarial(reconstruction, target, rec)
+        total = total + extra
     logs = {"loss": total.detach()} | {k: v.detach() for k, v in terms.items()} | clip_logs
+    logs |= extra_logs
     return total, logs
+
+
+# --- The face autoencoder's adversarial terms (VQGAN's recipe) ---------------------------------
+
+
+def hinge_discriminator_loss(real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """The discriminator's hinge loss on logit maps: mean relu(1 − D(x)) + mean relu(1 + D(x̂)),
+    halved as in VQGAN so it reads 1 when the discriminator outputs 0 everywhere."""
+    return (F.relu(1 - real).mean() + F.relu(1 + fake).mean()) / 2
+
+
+def generator_adversarial_loss(fake: torch.Tensor) -> torch.Tensor:
+    """The autoencoder's side of the hinge GAN: −mean D(x̂)."""
+    return -fake.mean()
+
+
+def feature_matching_loss(
+    fake: list[torch.Tensor] | tuple[torch.Tensor, ...],
+    real: list[torch.Tensor] | tuple[torch.Tensor, ...],
+) -> torch.Tensor:
+    """pix2pixHD's feature matching: Σ over the discriminator's hidden layers of the mean
+    |D_l(x̂) − D_l(x)| (pass the real features detached), a perceptual distance learned on the
+    training faces."""
+    return sum((f - r).abs().mean() for f, r in zip(fake, real, strict=True))
+
+
+def adaptive_weight(
+    reconstruction: torch.Tensor,
+    adversarial: torch.Tensor,
+    last_layer: torch.Tensor,
+    *,
+    max_weight: float = 1e4,
+) -> torch.Tensor:
+    """VQGAN eq. 7: ‖∇_w L_rec‖ / (‖∇_w L_adv‖ + 1e-4) at the decoder's last layer w, clamped to
+    [0, max_weight] and detached, so the adversarial gradient reaching the decoder is as large as
+    the reconstruction one whatever the scale of either loss. Both losses must still hold their
+    graphs (it differentiates them with `retain_graph`)."""
+    g_rec = torch.autograd.grad(reconstruction, last_layer, retain_graph=True)[0]
+    g_adv = torch.autograd.grad(adversarial, last_layer, retain_graph=True)[0]
+    weight = g_rec.norm() / (g_adv.norm() + 1e-4)
+    return weight.clamp(0.0, max_weight).detach()

@@ -60,7 +60,7 @@ def test_speech_face_model_outputs(batch, frames):
     spec, face = torch.randn(batch, 2, 65, frames), torch.rand(batch, 3, 32, 32) * 2 - 1
     out = model(spec, face)
     assert out["speech_embedding"].shape == out["face_embedding"].shape == (batch, 16)
-    assert out["latents"].shape == (batch, 4, 4, 4)
+    assert out["latents"].shape == (batch, 4, 8, 8)
     assert out["reconstruction"].shape == face.shape
     assert out["logit_scale"].item() == pytest.approx(math.log(1 / 0.07))
     model.eval()

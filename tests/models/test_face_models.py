@@ -38,7 +38,8 @@ def test_face_encoder_and_decoder_shapes(batch, size):
     encoder = FaceEncoder(**FACE_ENCODER_PRESETS["tiny"])
     decoder = FaceDecoder(**FACE_DECODER_PRESETS["tiny"])
     out = encoder(faces(batch, *size))
-    assert out.latents.shape == (batch, 4, size[0] // 8, size[1] // 8)
+    assert out.latents.shape == (batch, 4, size[0] // 4, size[1] // 4)  # tiny: after block 2
+    assert encoder.downsampling == 4
     assert out.embedding.shape == (batch, 16)
     image = decoder(out.latents)
     assert image.shape == (batch, 3, *size)
@@ -127,12 +128,14 @@ def test_presets_keep_the_vgg16_structure_and_the_decoder_mirrors_the_encoder():
     for name in ("tiny", "small", "base"):
         widths = FACE_ENCODER_PRESETS[name].get("widths", VGG16_WIDTHS)
         decoder_widths = FACE_DECODER_PRESETS[name].get("widths", DEFAULT_DECODER_WIDTHS)
-        # blocks 1-3 mirrored: the same pools and convs, each width the encoder's times one
-        # factor (small's decoder is twice as wide, so reconstructions keep age cues)
-        enc = tuple(widths[:10])
+        # the blocks up to the latent mirrored: the same pools and convs, each width the
+        # encoder's times one factor (small's decoder is three times as wide)
+        blocks = FACE_ENCODER_PRESETS[name].get("latent_after_block", 3)
+        pools = [i for i, w in enumerate(widths) if w == "M"]
+        enc = tuple(widths[: pools[blocks - 1] + 1])
         assert [w == "M" for w in decoder_widths] == [w == "M" for w in enc]
         ratios = {d / e for d, e in zip(decoder_widths, enc, strict=True) if e != "M"}
-        assert ratios == ({2.0} if name == "small" else {1.0})
+        assert ratios == ({3.0} if name == "small" else {1.0})
 
 
 # --- VGGFace weights ---------------------------------------------------------------------------
@@ -230,3 +233,32 @@ def test_load_vggface_rejects_bad_files_naming_them(tmp_path, kind, message):
 def test_load_vggface_missing_file(tmp_path):
     with pytest.raises(InputError, match="no such weight file"):
         FaceEncoder(**FACE_ENCODER_PRESETS["tiny"]).load_vggface(tmp_path / "absent.pth")
+
+
+@pytest.mark.parametrize("after_block", [1, 2, 3, 4])
+def test_the_latent_can_sit_after_any_of_the_first_four_blocks(after_block):
+    config = {**FACE_ENCODER_PRESETS["tiny"], "latent_after_block": after_block}
+    encoder = FaceEncoder(**config)
+    out = encoder(faces(2))
+    side = 32 // 2**after_block
+    assert out.latents.shape == (2, 4, side, side) and out.embedding.shape == (2, 16)
+    # the decoder mirroring the same blocks brings the latent back to the image size
+    widths = config["widths"][: 3 * after_block + (after_block > 2) * (after_block - 2)]
+    decoder = FaceDecoder(widths=widths, image_size=32)
+    assert decoder(out.latents).shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match="latent_after_block"):
+        FaceEncoder(**{**config, "latent_after_block": 5})
+
+
+def test_residual_decoder_adds_blocks_per_level_and_every_parameter_trains():
+    residual = FaceDecoder(widths=(4, 4, "M", 8, 8, "M"), image_size=32, res_blocks=2)
+    blocks = [m for m in residual.modules() if type(m).__name__ == "ResBlock"]
+    assert len(blocks) == 1 + 2 * 2  # one at the latent's resolution, res_blocks per level
+    latents = torch.randn(2, 4, 8, 8)
+    out = residual(latents)
+    assert out.shape == (2, 3, 32, 32) and out.abs().max() <= 1
+    out.square().mean().backward()
+    assert_all_grads(residual)
+    # without residual blocks the decoder is the plain VGG mirror (older exports load unchanged)
+    plain = FaceDecoder(widths=(4, 4, "M", 8, 8, "M"), image_size=32)
+    assert not [m for m in plain.modules() if type(m).__name__ == "ResBlock"]

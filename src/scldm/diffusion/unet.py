@@ -15,12 +15,13 @@ from diffusers import UNet2DConditionModel
 from scldm.errors import InputError
 
 # `cross_attention_dim` is the `token_dim` of the same-named SPEECH_ENCODER_PRESETS entry and
-# `sample_size` the latent side of the same-named face presets (image_size / 8). diffusers'
-# `attention_head_dim` is, for this class, the number of heads per block (diffusers #2011).
+# `sample_size`, `in_channels` and `out_channels` the latent shape of the same-named face presets
+# (stage 2 fills them in from the stage-1 latents). diffusers' `attention_head_dim` is, for this
+# class, the number of heads per block (diffusers #2011).
 UNET_PRESETS: dict[str, dict[str, Any]] = {
-    # unit tests: 32 px faces → latents 4 × 4 × 4; about 0.2M parameters
+    # unit tests: 32 px faces → latents 4 × 8 × 8; about 0.2M parameters
     "tiny": {
-        "sample_size": 4,
+        "sample_size": 8,
         "in_channels": 4,
         "out_channels": 4,
         "block_out_channels": (16, 32),
@@ -31,15 +32,16 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
         "cross_attention_dim": 16,
         "attention_head_dim": 2,
     },
-    # SynthVox on a CPU: 64 px faces → latents 4 × 8 × 8, attention at 8 × 8 and 4 × 4; 1.1M
-    # parameters, sized so stage 2 trains in minutes on 2 cores (benchmarks/stage2_train.py)
+    # SynthVox on a CPU: 64 px faces → latents 4 × 16 × 16; a ResNet level at 16 × 16, then
+    # attention at 8 × 8 and 4 × 4 as the earlier 8 × 8 preset had; sized so stage 2 trains in
+    # minutes on 2 cores (benchmarks/stage2_train.py)
     "small": {
-        "sample_size": 8,
+        "sample_size": 16,
         "in_channels": 4,
         "out_channels": 4,
-        "block_out_channels": (32, 64),
-        "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        "block_out_channels": (32, 64, 64),
+        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
         "layers_per_block": 1,
         "norm_num_groups": 16,
         "cross_attention_dim": 128,

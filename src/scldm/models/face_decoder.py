@@ -1,13 +1,16 @@
-"""The face decoder D_f of SCLDM: a CNN that mirrors the VGG-16 face encoder's first three
-blocks, latents (B, C, H/8, W/8) → faces (B, 3, H, W) in [-1, 1].
+"""The face decoder D_f of SCLDM: a CNN that mirrors the VGG-16 face encoder's blocks up to the
+latent, latents (B, C, H/f, W/f) → faces (B, 3, H, W) in [-1, 1], optionally with residual
+blocks at every resolution (latent diffusion's autoencoder decoder).
 
-Reference: the SCLDM paper, §"Collaborative Pre-training" ("a CNN-based model symmetrical to
-the VGGFace is designed as the face decoder").
+References: the SCLDM paper, §"Collaborative Pre-training" ("a CNN-based model symmetrical to
+the VGGFace is designed as the face decoder"); Rombach et al., "High-Resolution Image Synthesis
+with Latent Diffusion Models", CVPR 2022 (its decoder's GroupNorm–SiLU ResNet blocks).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
@@ -16,11 +19,13 @@ from scldm.models.blocks import POOL, ConvNormAct, init_module, split_vgg_blocks
 
 FACE_DECODER_PRESETS: dict[str, dict] = {
     # the first three blocks of the matching FACE_ENCODER_PRESETS entry, mirrored
-    "tiny": {"widths": (4, 4, POOL, 8, 8, POOL, 8, 8, 8, POOL), "image_size": 32},
-    # twice the small encoder's widths, with BatchNorm: at the encoder's own widths the
-    # reconstructions lost the detail the oracle reads age from (docs/notes/ has the comparison)
+    "tiny": {"widths": (4, 4, POOL, 8, 8, POOL), "res_blocks": 1, "image_size": 32},
+    # the small encoder's blocks 1–2 (latent 4 × 16 × 16) mirrored at three times their widths,
+    # with BatchNorm: the plain mirror of blocks 1–3 (latent at H/8) gave faces without eyes
+    # (docs/notes/2026-11-30-face-autoencoder.md). Residual blocks (res_blocks) cost about four
+    # times as much per face on a CPU for what a short run could not show.
     "small": {
-        "widths": (16, 16, POOL, 32, 32, POOL, 64, 64, 64, POOL),
+        "widths": (24, 24, POOL, 48, 48, POOL),
         "batch_norm": True,
         "image_size": 64,
     },
@@ -28,18 +33,37 @@ FACE_DECODER_PRESETS: dict[str, dict] = {
 }
 
 
+class ResBlock(nn.Module):
+    """x + conv(SiLU(GN(conv(SiLU(GN(x)))))): latent diffusion's decoder block without the time
+    embedding, at a constant width."""
+
+    def __init__(self, channels: int, groups: int) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(min(groups, channels), channels)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm2 = nn.GroupNorm(min(groups, channels), channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        return x + self.conv2(F.silu(self.norm2(h)))
+
+
 class FaceDecoder(ModelMixin, ConfigMixin):
-    """Mirror of VGG-16 blocks 1–3: latents → faces.
+    """Mirror of the face encoder's VGG blocks up to the latent: latents → faces.
 
-    latents (B, C, h, w) → 3×3 conv to block 3's width → ReLU → for each encoder block in
-    reverse: 2× nearest upsampling, then that block's 3×3 convs (ReLU, optional BN) at the
-    resolution the encoder ran them → 3×3 conv to RGB → tanh → (B, 3, 2^k·h, 2^k·w) in [-1, 1],
-    k = number of pools in `widths` (3: the encoder's H/8). Nearest upsampling + conv rather
-    than transposed convs, which leave checkerboard artefacts (Odena et al. 2016).
+    latents (B, C, h, w) → 3×3 conv to the deepest block's width → ReLU → for each encoder block
+    in reverse: 2× nearest upsampling, then that block's 3×3 convs (ReLU, optional BN) at the
+    resolution the encoder ran them, then `res_blocks` residual blocks → 3×3 conv to RGB → tanh
+    → (B, 3, 2^k·h, 2^k·w) in [-1, 1], k = number of pools in `widths` (3: the encoder's H/8).
+    With residual blocks there is one more at the latent's resolution, and the output conv reads
+    GN → SiLU of the features (LDM's decoder). Nearest upsampling + conv rather than transposed
+    convs, which leave checkerboard artefacts (Odena et al. 2016).
 
-    `widths` is the encoder's blocks 1–3 in VGG cfg notation, so presets read the same on both
-    sides. `scaling_factor` is the diffusers latent scale, kept equal to the encoder's: callers
-    decode `latents / scaling_factor`; forward() takes unscaled latents.
+    `widths` is the encoder's blocks up to the latent in VGG cfg notation, so presets read the
+    same on both sides. `scaling_factor` is the diffusers latent scale, written by stage 2
+    (`scldm.diffusion.prior`): callers decode `latents / scaling_factor`; forward() takes
+    unscaled latents.
     """
 
     @register_to_config
@@ -49,6 +73,8 @@ class FaceDecoder(ModelMixin, ConfigMixin):
         latent_channels: int = 4,
         widths: tuple[int | str, ...] = (64, 64, POOL, 128, 128, POOL, 256, 256, 256, POOL),
         batch_norm: bool = False,
+        res_blocks: int = 0,
+        norm_groups: int = 8,
         image_size: int = 224,
         scaling_factor: float = 1.0,
     ) -> None:
@@ -58,12 +84,15 @@ class FaceDecoder(ModelMixin, ConfigMixin):
             raise ValueError(f"image_size {image_size} is not a multiple of {2 ** len(blocks)}")
         width = blocks[-1][-1]
         self.conv_in = ConvNormAct(latent_channels, width, 3, norm=batch_norm)
-        layers: list[nn.Module] = []
+        layers: list[nn.Module] = [ResBlock(width, norm_groups)] if res_blocks else []
         for block in reversed(blocks):
             layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
             for out in reversed(block):
                 layers.append(ConvNormAct(width, out, 3, norm=batch_norm))
                 width = out
+            layers += [ResBlock(width, norm_groups) for _ in range(res_blocks)]
+        if res_blocks:
+            layers += [nn.GroupNorm(min(norm_groups, width), width), nn.SiLU()]
         self.up_blocks = nn.Sequential(*layers)
         self.conv_out = nn.Conv2d(width, 3, 3, padding=1)
         self.apply(self._init_weights)
@@ -76,7 +105,7 @@ class FaceDecoder(ModelMixin, ConfigMixin):
             nn.init.xavier_uniform_(module.weight)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        """latents: (B, C, h, w), unscaled → faces (B, 3, 8h, 8w) in [-1, 1]."""
+        """latents: (B, C, h, w), unscaled → faces (B, 3, 2^k·h, 2^k·w) in [-1, 1]."""
         return torch.tanh(self.conv_out(self.up_blocks(self.conv_in(latents))))
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
-"""The face encoder E_f of SCLDM: VGG-16 (the VGGFace architecture) split at its third block
-into a spatial latent for the diffusion model and an embedding computed from that latent.
+"""The face encoder E_f of SCLDM: VGG-16 (the VGGFace architecture) split after one of its blocks
+(the third by default, H/8; the second, H/4, at 64 px) into a spatial latent for the diffusion
+model and an embedding computed from that latent.
 
 References: Parkhi, Vedaldi & Zisserman, "Deep Face Recognition" (VGGFace), BMVC 2015;
 the SCLDM paper, §"Collaborative Pre-training" (E_f = VGGFace, latent z = E_f(x)); weight
@@ -34,24 +35,28 @@ log = logging.getLogger(__name__)
 
 # VGGFace's mean face colour, RGB on 0–255 (Albanie's vgg_face_dag meta; std is 1)
 VGGFACE_MEAN_RGB = (129.186279296875, 104.76238250732422, 93.59396362304688)
-LATENT_BLOCKS = 3  # the latent is block 3's output, at H/8
 VGG16_BLOCK_SIZES = (2, 2, 3, 3, 3)
 
 FACE_ENCODER_PRESETS: dict[str, dict] = {
-    # unit tests: 32 px faces, ~13k parameters, the VGG-16 structure with tiny widths
+    # unit tests: 32 px faces, ~13k parameters, the VGG-16 structure with tiny widths; the
+    # latent after block 2 (4 × 8 × 8) as `small`
     "tiny": {
         "widths": (4, 4, POOL, 8, 8, POOL, 8, 8, 8, POOL, 16, 16, 16, POOL, 16, 16, 16, POOL),
         "latent_channels": 4,
+        "latent_after_block": 2,
         "fc_dims": (32, 32),
         "fc_pool_size": 1,
         "embedding_dim": 16,
         "vggface_normalisation": False,
         "image_size": 32,
     },
-    # SynthVox on 2 CPU cores at 64 px: latent 4 × 8 × 8, pool5 2 × 2
+    # SynthVox on 2 CPU cores at 64 px: latent 4 × 16 × 16 after block 2 (at H/8 the decoder
+    # could not bring back eyes, mouths or glasses: docs/notes/2026-11-30-face-autoencoder.md);
+    # pool5 2 × 2
     "small": {
         "widths": (8, 8, POOL, 16, 16, POOL, 32, 32, 32, POOL, 64, 64, 64, POOL, 64, 64, 64, POOL),
         "latent_channels": 4,
+        "latent_after_block": 2,
         "fc_dims": (256, 256),
         "fc_pool_size": 2,
         "embedding_dim": 128,
@@ -65,18 +70,19 @@ FACE_ENCODER_PRESETS: dict[str, dict] = {
 
 @dataclass
 class FaceEncoderOutput(BaseOutput):
-    """latents: (B, C, H/8, W/8) unscaled face latents; embedding: (B, D), not normalised."""
+    """latents: (B, C, H/f, W/f) unscaled face latents (f = 2^latent_after_block); embedding:
+    (B, D), not normalised."""
 
     latents: torch.Tensor
     embedding: torch.Tensor
 
 
 class FaceEncoder(ModelMixin, ConfigMixin):
-    """VGG-16 face encoder with a latent bottleneck after block 3.
+    """VGG-16 face encoder with a latent bottleneck after block `latent_after_block` (k, default 3).
 
-    encode: face (B, 3, H, W) in [-1, 1] → VGG blocks 1–3 → 1×1 conv → latents
-    (B, latent_channels, H/8, W/8). embed: latents → 1×1 conv back to block 3's width → ReLU →
-    VGG blocks 4–5 → adaptive average pool to `fc_pool_size`² → fc6 → ReLU → fc7 → ReLU →
+    encode: face (B, 3, H, W) in [-1, 1] → VGG blocks 1–k → 1×1 conv → latents
+    (B, latent_channels, H/2^k, W/2^k). embed: latents → 1×1 conv back to block k's width →
+    ReLU → VGG blocks k+1–5 → adaptive average pool to `fc_pool_size`² → fc6 → ReLU → fc7 → ReLU →
     Linear → embedding (B, embedding_dim). So the aligned embedding is a function of the latent
     the diffusion model works on (DESIGN.md §2). H and W must be multiples of 32.
 
@@ -102,6 +108,7 @@ class FaceEncoder(ModelMixin, ConfigMixin):
         *,
         widths: tuple[int | str, ...] = VGG16_WIDTHS,
         latent_channels: int = 4,
+        latent_after_block: int = 3,
         fc_dims: tuple[int, int] = (4096, 4096),
         fc_pool_size: int = 7,
         embedding_dim: int = 512,
@@ -115,14 +122,15 @@ class FaceEncoder(ModelMixin, ConfigMixin):
             raise ValueError(f"VGG widths need 5 pooled blocks, got {len(blocks)}: {widths}")
         if image_size % 32:
             raise ValueError(f"image_size {image_size} is not a multiple of 32")
-        self.latent_blocks = nn.Sequential(
-            *vgg_layers(blocks[:LATENT_BLOCKS], 3, batch_norm=batch_norm)
-        )
-        latent_width = blocks[LATENT_BLOCKS - 1][-1]
+        k = latent_after_block
+        if not 1 <= k <= 4:
+            raise ValueError(f"latent_after_block must be 1 to 4 (H/2 to H/16), got {k}")
+        self.latent_blocks = nn.Sequential(*vgg_layers(blocks[:k], 3, batch_norm=batch_norm))
+        latent_width = blocks[k - 1][-1]
         self.to_latent = nn.Conv2d(latent_width, latent_channels, 1)
         self.from_latent = nn.Conv2d(latent_channels, latent_width, 1)
         self.embed_blocks = nn.Sequential(
-            *vgg_layers(blocks[LATENT_BLOCKS:], latent_width, batch_norm=batch_norm)
+            *vgg_layers(blocks[k:], latent_width, batch_norm=batch_norm)
         )
         self.pool = nn.AdaptiveAvgPool2d(fc_pool_size)
         self.fc6 = nn.Linear(blocks[-1][-1] * fc_pool_size**2, fc_dims[0])
@@ -139,8 +147,13 @@ class FaceEncoder(ModelMixin, ConfigMixin):
         mean = face.new_tensor(VGGFACE_MEAN_RGB).view(1, 3, 1, 1)
         return face * 127.5 + (127.5 - mean)
 
+    @property
+    def downsampling(self) -> int:
+        """f: the latent is (C, H/f, W/f)."""
+        return 2**self.config.latent_after_block
+
     def encode(self, face: torch.Tensor) -> torch.Tensor:
-        """face: (B, 3, H, W) in [-1, 1] → latents (B, C, H/8, W/8), unscaled."""
+        """face: (B, 3, H, W) in [-1, 1] → latents (B, C, H/f, W/f), unscaled."""
         if face.dim() != 4 or face.shape[1] != 3 or face.shape[2] % 32 or face.shape[3] % 32:
             raise ValueError(
                 f"expected (B, 3, H, W) faces with H, W multiples of 32, got {tuple(face.shape)}"
@@ -148,7 +161,7 @@ class FaceEncoder(ModelMixin, ConfigMixin):
         return self.to_latent(self.latent_blocks(self._normalise(face)))
 
     def embed(self, latents: torch.Tensor) -> torch.Tensor:
-        """latents: (B, C, H/8, W/8) → embedding (B, D), not normalised."""
+        """latents: (B, C, H/f, W/f) → embedding (B, D), not normalised."""
         x = self.embed_blocks(torch.relu(self.from_latent(latents)))  # (B, C5, H/32, W/32)
         x = self.pool(x).flatten(1)
         x = torch.relu(self.fc7(torch.relu(self.fc6(x))))

@@ -13,6 +13,7 @@ import logging
 import shutil
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -85,9 +86,12 @@ def save_checkpoint(
     ema: EMA,
     state: TrainState,
     keep_last: int,
+    extras: Mapping[str, tuple[torch.nn.Module, torch.optim.Optimizer]] | None = None,
 ) -> Path:
     """Write checkpoints/step_NNNNNNN (keeping the last `keep_last`). Written under a temporary
-    name, then renamed, so a run killed while saving leaves the previous checkpoint intact."""
+    name, then renamed, so a run killed while saving leaves the previous checkpoint intact.
+    `extras`: further trained parts by name (stage 1's discriminator), each saved as
+    NAME.safetensors with its optimizer in NAME_optimizer.safetensors/.json."""
     path = checkpoint_dir(run_dir, state.step)
     tmp = path.with_name(f".{path.name}.tmp")
     if accelerator.is_main_process:
@@ -96,9 +100,11 @@ def save_checkpoint(
         weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(weights, tmp / "model.safetensors")
         save_file({k: v.contiguous() for k, v in ema.shadow.items()}, tmp / "ema.safetensors")
-        tensors, info = optimizer_to_files(optimizer.state_dict())
-        save_file(tensors, tmp / "optimizer.safetensors")
-        write_json(tmp / "optimizer.json", info, indent=2)
+        _save_optimizer(optimizer, tmp, "optimizer")
+        for name, (module, part_optimizer) in (extras or {}).items():
+            part = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+            save_file(part, tmp / f"{name}.safetensors")
+            _save_optimizer(part_optimizer, tmp, f"{name}_optimizer")
         write_json(
             tmp / "state.json",
             {**state.state_dict(), "ema_updates": ema.num_updates, "ema_decay": ema.decay},
@@ -120,6 +126,12 @@ def save_checkpoint(
     return path
 
 
+def _save_optimizer(optimizer: torch.optim.Optimizer, folder: Path, name: str) -> None:
+    tensors, info = optimizer_to_files(optimizer.state_dict())
+    save_file(tensors, folder / f"{name}.safetensors")
+    write_json(folder / f"{name}.json", info, indent=2)
+
+
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
     """`optimizer.load_state_dict(state)`, then give each per-parameter tensor its parameter's
     memory layout: safetensors stores them contiguous, while the moments of channels-last
@@ -132,10 +144,10 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
                     entries[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
-def _optimizer_state(path: Path) -> dict:
-    if (path / "optimizer.safetensors").is_file():
-        info = json.loads((path / "optimizer.json").read_text())
-        return optimizer_from_files(load_file(path / "optimizer.safetensors"), info)
+def _optimizer_state(path: Path, name: str = "optimizer") -> dict:
+    if (path / f"{name}.safetensors").is_file() or name != "optimizer":
+        info = json.loads((path / f"{name}.json").read_text())
+        return optimizer_from_files(load_file(path / f"{name}.safetensors"), info)
     # checkpoints written before optimizer.safetensors: tensors and numbers only
     return torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
 
@@ -148,13 +160,17 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     ema: EMA,
     state: TrainState,
+    extras: Mapping[str, tuple[torch.nn.Module, torch.optim.Optimizer]] | None = None,
 ) -> None:
-    """Restore what `save_checkpoint` wrote into the (unwrapped) model, optimizer, EMA, state and
-    this process's random number generators."""
+    """Restore what `save_checkpoint` wrote into the (unwrapped) model, optimizer, EMA, state,
+    the `extras` and this process's random number generators."""
     try:
         model.load_state_dict(load_file(path / "model.safetensors"))
         ema.shadow = load_file(path / "ema.safetensors")
         load_optimizer_state(optimizer, _optimizer_state(path))
+        for name, (module, part_optimizer) in (extras or {}).items():
+            module.load_state_dict(load_file(path / f"{name}.safetensors"))
+            load_optimizer_state(part_optimizer, _optimizer_state(path, f"{name}_optimizer"))
         info = json.loads((path / "state.json").read_text())
     except (OSError, RuntimeError, KeyError, ValueError) as e:
         raise InputError(path, f"not a usable checkpoint of this run ({e})") from None
@@ -190,12 +206,19 @@ def maybe_resume(
     optimizer: torch.optim.Optimizer,
     ema: EMA,
     state: TrainState,
+    extras: Mapping[str, tuple[torch.nn.Module, torch.optim.Optimizer]] | None = None,
 ) -> None:
     """Load the checkpoint `resume` names (`latest` or a folder), if any."""
     checkpoint = resolve_resume(run_dir, resume)
     if checkpoint is not None:
         load_checkpoint(
-            accelerator, checkpoint, model=model, optimizer=optimizer, ema=ema, state=state
+            accelerator,
+            checkpoint,
+            model=model,
+            optimizer=optimizer,
+            ema=ema,
+            state=state,
+            extras=extras,
         )
         log.info("resumed from %s at step %d", checkpoint, state.step)
     elif resume == "latest":

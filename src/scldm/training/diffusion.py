@@ -7,8 +7,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -116,6 +117,21 @@ def sample_grid(
 # --- Training --------------------------------------------------------------------------------
 
 
+def _unet_for(unet: Mapping[str, Any], latent_shape: tuple[int, ...]) -> dict[str, Any]:
+    """The UNet config with the latent shape of the stage-1 encoders filled in (channels and
+    side come from stage 1, not the preset); a value the config gives explicitly must agree."""
+    channels, side = latent_shape[0], latent_shape[-1]
+    shape = {"sample_size": side, "in_channels": channels, "out_channels": channels}
+    for key, value in shape.items():
+        if key in unet and unet[key] != value:
+            raise InputError(
+                None,
+                f"unet.{key} is {unet[key]} but the stage-1 latents are "
+                f"{'×'.join(map(str, latent_shape))}: set it to {value} or leave it out",
+            )
+    return {**unet, **shape}
+
+
 def train(
     cfg: DiffusionStageConfig,
     encoders_run: str | Path,
@@ -161,7 +177,7 @@ def train(
         dataset, batch_sampler=BatchSampler(sampler, cfg.train.batch_size, drop_last=True)
     )
     set_seed(cfg.train.seed)  # the same draws whether this run built the caches or read them
-    unet = build_unet(cfg.unet)
+    unet = build_unet(_unet_for(cfg.unet, tuple(latents.shape[1:])))
     noise_scheduler = DDPMScheduler(**cfg.scheduler)
     optimizer = torch.optim.AdamW(
         unet.parameters(),

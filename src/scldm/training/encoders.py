@@ -8,9 +8,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -18,7 +16,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
 from scldm.audio import SpectrogramFrontend, random_crop
-from scldm.config import EncoderStageConfig
+from scldm.config import EncoderStageConfig, component_kwargs
 from scldm.data.datasets import SpeakerBatchSampler, SpeechFaceDataset, collate
 from scldm.errors import InputError
 from scldm.evaluation.stage1 import score_export, validate
@@ -30,6 +28,7 @@ from scldm.models.face_decoder import FACE_DECODER_PRESETS
 from scldm.models.face_encoder import FACE_ENCODER_PRESETS
 from scldm.models.speech_encoder import SPEECH_ENCODER_PRESETS
 from scldm.optim import EMA, lr_at, param_groups
+from scldm.training.adversarial import Adversary
 from scldm.training.checkpoint import maybe_resume, save_checkpoint, write_meta
 from scldm.training.loop import (
     LogWindow,
@@ -51,18 +50,7 @@ __all__ = ["build_model", "component_kwargs", "make_optimizer", "train"]
 log = logging.getLogger("scldm.train")
 LOGIT_SCALE_MAX = 4.6052  # ln 100, CLIP's clamp
 CURVES = ["train/loss", "train/contrastive", "train/mae", "val/R@1", "val/R@10", "val/psnr"]
-
-
-def component_kwargs(mapping: Mapping[str, Any], presets: Mapping[str, dict], what: str) -> dict:
-    """Constructor kwargs from a config mapping: `preset: NAME` names an architecture preset of
-    the model module; the other keys override its values."""
-    kwargs = dict(mapping)
-    name = kwargs.pop("preset", None)
-    if name is None:
-        return kwargs
-    if name not in presets:
-        raise InputError(None, f"{what}.preset: unknown {name!r}; known: {', '.join(presets)}")
-    return {**presets[name], **kwargs}
+GAN_CURVES = ["train/adversarial", "train/discriminator", "train/feature_matching"]
 
 
 def build_model(cfg: EncoderStageConfig) -> SpeechFaceModel:
@@ -145,12 +133,24 @@ def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = Fal
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     frontend.to(device)
     perceptual = _perceptual(cfg, device)
+    unwrapped = accelerator.unwrap_model(model)
+    adversary = None
+    if cfg.adversarial.enabled:
+        last_layer = unwrapped.face_decoder.conv_out.weight
+        adversary = Adversary(cfg.adversarial, accelerator, last_layer)
+    extras = adversary.checkpoint_parts() if adversary else None
     set_seed(cfg.train.seed, device_specific=True)  # per-rank randomness from here on
 
-    unwrapped = accelerator.unwrap_model(model)
     ema, state = EMA(unwrapped, cfg.train.ema_decay), TrainState()
     maybe_resume(
-        accelerator, run_dir, resume, model=unwrapped, optimizer=optimizer, ema=ema, state=state
+        accelerator,
+        run_dir,
+        resume,
+        model=unwrapped,
+        optimizer=optimizer,
+        ema=ema,
+        state=state,
+        extras=extras,
     )
     samples_per_step = global_batch(cfg.train, accelerator)
     log.info(
@@ -171,19 +171,30 @@ def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = Fal
             break
         if batch is None:  # every clip of it unreadable (logged by `collate`)
             continue
-        with accelerator.accumulate(model):
+        with accelerator.accumulate(model, *([adversary.disc] if adversary else [])):
             wave = batch["waveform"]
             if crop is not None:
                 wave = random_crop(wave, crop, _crop_generator(cfg, state, accelerator))
             outputs = model(  # through DDP's forward
                 frontend(wave), batch["face"], num_reconstructed=num_reconstructed
             )
+            adversarial = adversary is not None and adversary.active(state.step)
             loss, logs = encoder_stage_loss(
-                outputs, batch, cfg.loss_weights, perceptual=perceptual, gather=cfg.gather_negatives
+                outputs,
+                batch,
+                cfg.loss_weights,
+                perceptual=perceptual,
+                adversarial=adversary.generator_terms if adversarial else None,
+                gather=cfg.gather_negatives,
             )
             accelerator.backward(loss)
             lr = lr_at(state.step, cfg.optim, cfg.train.max_steps)
             logs |= optimizer_step(accelerator, model, optimizer, lr, cfg.optim.grad_clip)
+            if adversarial:
+                faces = batch["face"][:num_reconstructed]
+                logs |= adversary.discriminator_step(
+                    faces, outputs["reconstruction"], lr, cfg.optim.grad_clip
+                )
         window.add(logs)
         if not accelerator.sync_gradients:
             continue
@@ -206,6 +217,7 @@ def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = Fal
                 ema=ema,
                 state=state,
                 keep_last=cfg.train.keep_last,
+                extras=extras,
             )
     bar.close()
     return export(accelerator, unwrapped, ema, frontend, cfg, run_dir, state, train_ds, val_ds)
@@ -299,7 +311,8 @@ def export(
                 worker_init_fn=background_worker,
             )
         write_json(run_dir / "metrics.json", metrics, indent=2)
-        plot_scalars(run_dir, CURVES, run_dir / "curves.png")
+        curves = CURVES + (GAN_CURVES if cfg.adversarial.enabled else [])
+        plot_scalars(run_dir, curves, run_dir / "curves.png")
         log.info("exported %s; %s", out, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -172,6 +172,7 @@ class LogWindow:
 
     def _reset(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}  # per key: a term may join mid-window (the GAN's start)
         self.count, self.tick = 0, time.perf_counter()
 
     def add(self, logs: Mapping[str, Any]) -> None:
@@ -180,6 +181,7 @@ class LogWindow:
             value = value.detach() if torch.is_tensor(value) else value
             value = torch.as_tensor(value, dtype=self.dtype, device=self.accelerator.device)
             self.sums[key] = self.sums[key] + value if key in self.sums else value
+            self.counts[key] = self.counts.get(key, 0) + 1
         self.count += 1
 
     def report(self, step: int, lr: float) -> None:
@@ -187,7 +189,7 @@ class LogWindow:
         trackers, scalars.jsonl, the progress bar and log.txt; then start a new window."""
         accelerator, means = self.accelerator, {}
         for key, total in self.sums.items():
-            value = (total / self.count).float()
+            value = (total / self.counts[key]).float()
             means[f"train/{key.removeprefix('loss/')}"] = accelerator.reduce(value, "mean").item()
         means["train/lr"] = lr
         seconds = time.perf_counter() - self.tick
