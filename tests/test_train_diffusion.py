@@ -18,6 +18,7 @@ from conftest import random_tiny_pipeline, tone, write_wav
 from scldm.cli import main
 from scldm.data.manifest import write_manifest
 from scldm.diffusion.pipeline import SpeechToFacePipeline
+from scldm.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +187,14 @@ def test_seeded_runs_agree_whether_the_cache_was_built_or_read(tiny_stage1, tmp_
     assert "reusing the latent cache" in (tmp_path / "read" / "log.txt").read_text()
     for k, v in unets[0].items():
         assert torch.equal(v, unets[1][k]), k
+
+
+def test_the_unet_takes_its_latent_shape_from_stage_1():
+    from scldm.training.diffusion import _unet_for
+
+    filled = _unet_for({"preset": "small"}, (4, 16, 16))
+    assert filled == {"preset": "small", "sample_size": 16, "in_channels": 4, "out_channels": 4}
+    with pytest.raises(
+        InputError, match=r"unet.sample_size is 8 but the stage-1 latents are 4×16×16"
+    ):
+        _unet_for({"preset": "small", "sample_size": 8}, (4, 16, 16))

@@ -111,6 +111,18 @@ def test_pretrain_writes_a_complete_run(data, tmp_path, capsys):
     ema = load_file(run / "checkpoints" / "step_0000004" / "ema.safetensors")
     for key, value in parts["speech_encoder"].state_dict().items():
         assert torch.equal(value, ema[f"speech_encoder.{key}"].to(value.dtype)), key
+    # tiny's PatchGAN starts at step 2 of 4: its terms are logged from then on only, and the
+    # discriminator with its optimizer is part of every checkpoint (not of the export)
+    rows = [json.loads(line) for line in (run / "scalars.jsonl").read_text().splitlines()]
+    adversarial = {r["step"]: r for r in rows if "train/discriminator" in r}
+    assert sorted(adversarial) == [3, 4]
+    for row in adversarial.values():
+        assert math.isfinite(row["train/adversarial"]) and row["train/feature_matching"] > 0
+        assert 0 < row["train/adversarial_weight"] <= 1e4
+    for step in ("step_0000002", "step_0000004"):
+        files = {p.name for p in (run / "checkpoints" / step).iterdir()}
+        assert {"discriminator.safetensors", "discriminator_optimizer.safetensors"} <= files
+    assert not (export / "discriminator").exists()
 
 
 def _two_steps(data: Path, tmp_path: Path, runs: dict[str, list[str]], *common: str) -> dict:
