@@ -32,10 +32,23 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
         "cross_attention_dim": 16,
         "attention_head_dim": 2,
     },
-    # SynthVox on a CPU: 64 px faces → latents 4 × 16 × 16; a ResNet level at 16 × 16, then
-    # attention at 8 × 8 and 4 × 4 as the earlier 8 × 8 preset had; sized so stage 2 trains in
-    # minutes on 2 cores (benchmarks/stage2_train.py)
+    # SynthVox on a CPU: 64 px faces → latents 4 × 8 × 8, attention at 8 × 8 and 4 × 4; 1.1M
+    # parameters, sized so stage 2 trains in minutes on 2 cores (benchmarks/stage2_train.py)
     "small": {
+        "sample_size": 8,
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": (32, 64),
+        "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        "layers_per_block": 1,
+        "norm_num_groups": 16,
+        "cross_attention_dim": 128,
+        "attention_head_dim": 2,
+    },
+    # for the small_h4 face presets' latents 4 × 16 × 16: a ResNet level at 16 × 16, then
+    # attention at 8 × 8 and 4 × 4; 1.7M parameters, about 5× small's time per step on 2 cores
+    "small_h4": {
         "sample_size": 16,
         "in_channels": 4,
         "out_channels": 4,

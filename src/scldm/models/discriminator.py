@@ -18,7 +18,8 @@ from torch import nn
 DISCRIMINATOR_PRESETS: dict[str, dict] = {
     "tiny": {"width": 8, "num_layers": 2},
     # 64 px faces: 2 stride-2 layers, each logit sees a 34 px patch (about an eye and a brow);
-    # narrow, so that it adds a fraction of a step on a CPU
+    # narrow, so that it adds a fraction of a step on a CPU (off in the small preset; tried in
+    # docs/notes/2026-11-30-face-autoencoder.md)
     "small": {"width": 16, "num_layers": 2},
     # 224 px faces: pix2pix's 70 px patches
     "base": {"width": 64, "num_layers": 3},

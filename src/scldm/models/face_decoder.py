@@ -20,11 +20,17 @@ from scldm.models.blocks import POOL, ConvNormAct, init_module, split_vgg_blocks
 FACE_DECODER_PRESETS: dict[str, dict] = {
     # the first three blocks of the matching FACE_ENCODER_PRESETS entry, mirrored
     "tiny": {"widths": (4, 4, POOL, 8, 8, POOL), "res_blocks": 1, "image_size": 32},
-    # the small encoder's blocks 1–2 (latent 4 × 16 × 16) mirrored at three times their widths,
-    # with BatchNorm: the plain mirror of blocks 1–3 (latent at H/8) gave faces without eyes
-    # (docs/notes/2026-11-30-face-autoencoder.md). Residual blocks (res_blocks) cost about four
-    # times as much per face on a CPU for what a short run could not show.
+    # twice the small encoder's widths, with BatchNorm: at the encoder's own widths the
+    # reconstructions lost the detail the oracle reads age from (docs/notes/ has the comparison)
     "small": {
+        "widths": (16, 16, POOL, 32, 32, POOL, 64, 64, 64, POOL),
+        "batch_norm": True,
+        "image_size": 64,
+    },
+    # the small_h4 encoder's blocks 1–2 (latent 4 × 16 × 16) mirrored at three times their
+    # widths: about small's cost per face (docs/notes/2026-11-30-face-autoencoder.md; residual
+    # blocks, `res_blocks`, cost about four times as much on a CPU)
+    "small_h4": {
         "widths": (24, 24, POOL, 48, 48, POOL),
         "batch_norm": True,
         "image_size": 64,

@@ -50,10 +50,19 @@ FACE_ENCODER_PRESETS: dict[str, dict] = {
         "vggface_normalisation": False,
         "image_size": 32,
     },
-    # SynthVox on 2 CPU cores at 64 px: latent 4 × 16 × 16 after block 2 (at H/8 the decoder
-    # could not bring back eyes, mouths or glasses: docs/notes/2026-11-30-face-autoencoder.md);
-    # pool5 2 × 2
+    # SynthVox on 2 CPU cores at 64 px: latent 4 × 8 × 8, pool5 2 × 2
     "small": {
+        "widths": (8, 8, POOL, 16, 16, POOL, 32, 32, 32, POOL, 64, 64, 64, POOL, 64, 64, 64, POOL),
+        "latent_channels": 4,
+        "fc_dims": (256, 256),
+        "fc_pool_size": 2,
+        "embedding_dim": 128,
+        "vggface_normalisation": False,
+        "image_size": 64,
+    },
+    # `small` with the latent after block 2 (4 × 16 × 16): sharper reconstructions, but stage 2
+    # did not learn its latents in small's budget (docs/notes/2026-11-30-face-autoencoder.md)
+    "small_h4": {
         "widths": (8, 8, POOL, 16, 16, POOL, 32, 32, 32, POOL, 64, 64, 64, POOL, 64, 64, 64, POOL),
         "latent_channels": 4,
         "latent_after_block": 2,
