@@ -47,7 +47,7 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
         "attention_head_dim": 2,
     },
     # for the small_h4 face presets' latents 4 × 16 × 16: a ResNet level at 16 × 16, then
-    # attention at 8 × 8 and 4 × 4; 1.7M parameters, about 5× small's time per step on 2 cores
+    # attention at 8 × 8 and 4 × 4; 1.7M parameters, about 2.3× small's time per step on 2 cores
     "small_h4": {
         "sample_size": 16,
         "in_channels": 4,
