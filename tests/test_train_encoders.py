@@ -256,6 +256,9 @@ def test_two_processes_through_accelerate(data, tmp_path):
     assert "global batch 8" in log  # 2 processes × batch 4
     checkpoint = run / "checkpoints" / "step_0000004"
     assert sorted(p.name for p in checkpoint.iterdir()) == [
+        "discriminator.safetensors",  # tiny trains the PatchGAN, under DDP like the model
+        "discriminator_optimizer.json",
+        "discriminator_optimizer.safetensors",
         "ema.safetensors",
         "model.safetensors",
         "optimizer.json",
