@@ -131,12 +131,10 @@ def encoder_stage_loss(
     )
     terms = {"loss/contrastive": contrastive}
     reconstruction = outputs["reconstruction"]  # of the first R ≤ B faces
-    terms |= reconstruction_loss(
-        reconstruction,
-        batch["face"][: len(reconstruction)],
-        perceptual=perceptual if use_lpips else None,
-    )
     target = batch["face"][: len(reconstruction)]
+    terms |= reconstruction_loss(
+        reconstruction, target, perceptual=perceptual if use_lpips else None
+    )
     total = sum(weights.get(key, 0.0) * value for key, value in terms.items())
     extra_logs: dict[str, torch.Tensor] = {}
     if adversarial is not None:
