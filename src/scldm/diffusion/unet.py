@@ -46,20 +46,6 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
         "cross_attention_dim": 128,
         "attention_head_dim": 2,
     },
-    # for the small_h4 face presets' latents 4 × 16 × 16: a ResNet level at 16 × 16, then
-    # attention at 8 × 8 and 4 × 4; 1.7M parameters, about 2.3× small's time per step on 2 cores
-    "small_h4": {
-        "sample_size": 16,
-        "in_channels": 4,
-        "out_channels": 4,
-        "block_out_channels": (32, 64, 64),
-        "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        "layers_per_block": 1,
-        "norm_num_groups": 16,
-        "cross_attention_dim": 128,
-        "attention_head_dim": 2,
-    },
     # 224 px faces → latents 4 × 28 × 28 (28 → 14 → 7); LDM/Stable Diffusion widths without
     # SD's fourth 1280 level, which would take 7 × 7 to an odd 4 × 4; 443M (SD 1.x: 860M)
     "base": {
@@ -74,6 +60,16 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
         "cross_attention_dim": 512,
         "attention_head_dim": 8,
     },
+}
+# `small` for the small_h4 face presets' latents 4 × 16 × 16: a ResNet level at 16 × 16 before
+# small's attention levels at 8 × 8 and 4 × 4; 1.7M parameters (its speed: docs/notes/
+# 2026-11-30-face-autoencoder.md)
+UNET_PRESETS["small_h4"] = {
+    **UNET_PRESETS["small"],
+    "sample_size": 16,
+    "block_out_channels": (32, 64, 64),
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
 }
 
 

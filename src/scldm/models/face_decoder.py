@@ -28,8 +28,7 @@ FACE_DECODER_PRESETS: dict[str, dict] = {
         "image_size": 64,
     },
     # the small_h4 encoder's blocks 1–2 (latent 4 × 16 × 16) mirrored at three times their
-    # widths: about small's cost per face (docs/notes/2026-11-30-face-autoencoder.md; residual
-    # blocks, `res_blocks`, cost about four times as much on a CPU)
+    # widths, about small's cost per face (docs/notes/2026-11-30-face-autoencoder.md)
     "small_h4": {
         "widths": (24, 24, POOL, 48, 48, POOL),
         "batch_norm": True,
