@@ -13,6 +13,7 @@ real time, streams, and has no PyTorch or numba dependency.
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -28,6 +29,7 @@ from scldm.errors import InputError
 
 SAMPLE_RATE = 16_000
 SOUNDFILE_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif"})
+AudioInput = str | os.PathLike | np.ndarray | torch.Tensor  # what a pipeline takes per voice
 MIN_SECONDS = 0.1  # shorter audio holds no speech; looping it to 6 s would fabricate an input
 
 
@@ -202,3 +204,26 @@ class SpectrogramFrontend(ModelMixin, ConfigMixin):
         # code on CPU (≈8 ns/value) while log/exp are vectorised; log 0 = -inf gives exp → 0
         compressed = parts.abs().log_().mul_(cfg.power).exp_().copysign_(parts)
         return compressed.permute(0, 3, 1, 2)  # (B, 2, F, T)
+
+
+def waveform_from(item: AudioInput, frontend: SpectrogramFrontend) -> torch.Tensor:
+    """One pipeline input → (S,) float32 of the front end's `segment_seconds`, looped when
+    shorter: a path (read with `frontend.load`) or a 1-D waveform (numpy or tensor) at the front
+    end's sample rate. Raises `InputError` for unreadable files and malformed waveforms."""
+    if isinstance(item, str | os.PathLike):
+        return frontend.load(item)
+    if isinstance(item, torch.Tensor):
+        item = item.detach().cpu().float().numpy()
+    if not isinstance(item, np.ndarray):
+        raise InputError(None, f"audio must be a path or a 1-D waveform, got {type(item).__name__}")
+    sample_rate = frontend.config.sample_rate
+    wave = item.astype(np.float32, copy=False)
+    if wave.ndim != 1:
+        raise InputError(
+            None, f"a waveform must be 1-D mono at {sample_rate} Hz, got shape {wave.shape}"
+        )
+    if wave.size < MIN_SECONDS * sample_rate:
+        raise InputError(None, f"waveform too short ({wave.size} samples at {sample_rate} Hz)")
+    if not np.isfinite(wave).all():
+        raise InputError(None, "waveform contains NaN or infinite samples")
+    return torch.from_numpy(loop_to_length(wave, frontend.segment_samples))

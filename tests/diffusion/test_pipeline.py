@@ -13,6 +13,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
 from conftest import random_tiny_pipeline, tone, write_wav
+from scldm.audio import waveform_from
 from scldm.diffusion import FacePrior, SpeechToFacePipeline, make_scheduler
 from scldm.errors import InputError
 
@@ -249,7 +250,7 @@ def test_every_sampler_in_the_pipeline_decodes_the_data_point(pipe, waves, name)
     exact.set_progress_bar_config(disable=True)
     images = generate(exact, waves, num_inference_steps=3, guidance_scale=2.0, temperature=1.0)
     with torch.no_grad():
-        spec = pipe.frontend(torch.stack([exact._waveform(w) for w in waves]))
+        spec = pipe.frontend(torch.stack([waveform_from(w, exact.frontend) for w in waves]))
         tokens = pipe.speech_encoder(spec).tokens
         latents = centre + 2.0 * tokens.mean(dim=(1, 2))[:, None, None, None]
         faces = pipe.face_decoder(latents / pipe.face_decoder.config.scaling_factor)

@@ -12,40 +12,36 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import PIL.Image
 import torch
 from diffusers import DiffusionPipeline, UNet2DConditionModel
 from diffusers.models.modeling_utils import ModelMixin  # noqa: F401 (see below)
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils import BaseOutput
 
-from scldm.audio import MIN_SECONDS, SpectrogramFrontend, loop_to_length
+from scldm.audio import AudioInput, SpectrogramFrontend, waveform_from
 from scldm.config import SamplingConfig
 from scldm.diffusion.prior import FacePrior
 from scldm.diffusion.sampling import make_scheduler, sample_latents, scheduler_name
 from scldm.errors import InputError
 from scldm.models.face_decoder import FaceDecoder
+from scldm.models.outputs import FaceOutput, check_output_type, to_output
 from scldm.models.speech_encoder import SpeechEncoder
 
-AudioInput = str | os.PathLike | np.ndarray | torch.Tensor
 # Pipelines saved before scldm.diffusion.prior existed name this module as FacePrior's library;
 # diffusers then looks up `ModelMixin` in it to choose the loading method, hence the import.
-__all__ = ["FacePrior", "SpeechToFaceOutput", "SpeechToFacePipeline", "make_scheduler"]
+__all__ = [
+    "FaceOutput",
+    "FacePrior",
+    "SpeechToFaceOutput",
+    "SpeechToFacePipeline",
+    "make_scheduler",
+]
 
 # --- Pipeline --------------------------------------------------------------------------------
 
 
-@dataclass
-class SpeechToFaceOutput(BaseOutput):
-    """images: a list of B PIL images, a (B, 3, H, W) tensor in [0, 1] ("pt") or a
-    (B, H, W, 3) float32 array in [0, 1] ("np"); B = number of voices × num_images_per_prompt,
-    the images of one voice adjacent."""
-
-    images: list[PIL.Image.Image] | torch.Tensor | np.ndarray
+SpeechToFaceOutput = FaceOutput  # the name pipelines and callers used before baselines
 
 
 class SpeechToFacePipeline(DiffusionPipeline):
@@ -122,28 +118,6 @@ class SpeechToFacePipeline(DiffusionPipeline):
             self.scheduler = make_scheduler(values["scheduler"], self.scheduler.config)
         self.register_to_config(sampling=values)
 
-    def _waveform(self, item: AudioInput) -> torch.Tensor:
-        """One input → (S,) float32 of `segment_seconds`, looped when shorter."""
-        if isinstance(item, str | os.PathLike):
-            return self.frontend.load(item)
-        if isinstance(item, torch.Tensor):
-            item = item.detach().cpu().float().numpy()
-        if not isinstance(item, np.ndarray):
-            raise InputError(
-                None, f"audio must be a path or a 1-D waveform, got {type(item).__name__}"
-            )
-        sample_rate = self.frontend.config.sample_rate
-        wave = item.astype(np.float32, copy=False)
-        if wave.ndim != 1:
-            raise InputError(
-                None, f"a waveform must be 1-D mono at {sample_rate} Hz, got shape {wave.shape}"
-            )
-        if wave.size < MIN_SECONDS * sample_rate:
-            raise InputError(None, f"waveform too short ({wave.size} samples at {sample_rate} Hz)")
-        if not np.isfinite(wave).all():
-            raise InputError(None, "waveform contains NaN or infinite samples")
-        return torch.from_numpy(loop_to_length(wave, self.frontend.segment_samples))
-
     def _check_shapes(self) -> tuple[int, ...]:
         latent_shape = tuple(self.prior.latent.shape)
         size = self.unet.config.sample_size
@@ -167,7 +141,7 @@ class SpeechToFacePipeline(DiffusionPipeline):
         prior_scale: float | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
-    ) -> SpeechToFaceOutput:
+    ) -> FaceOutput:
         """Generate faces for voices.
 
         Args:
@@ -184,12 +158,11 @@ class SpeechToFacePipeline(DiffusionPipeline):
                 vary less.
             prior_scale: λ_infer of the prior shift μ = λ·P.
             generator: one, or a list of B = len(audio) × num_images_per_prompt.
-            output_type: "pil", "pt" or "np" (see `SpeechToFaceOutput`).
+            output_type: "pil", "pt" or "np" (see `FaceOutput`).
 
         Raises `InputError` for unreadable files and malformed waveforms.
         """
-        if output_type not in ("pil", "pt", "np"):
-            raise InputError(None, f"output_type must be pil, pt or np, got {output_type!r}")
+        check_output_type(output_type)
         cfg = self.sampling
         steps = cfg.num_inference_steps if num_inference_steps is None else num_inference_steps
         guidance = cfg.guidance_scale if guidance_scale is None else guidance_scale
@@ -204,7 +177,7 @@ class SpeechToFacePipeline(DiffusionPipeline):
             raise InputError(None, "no audio given")
         latent_shape = self._check_shapes()
         device = self._execution_device
-        waveforms = torch.stack([self._waveform(item) for item in items])  # (B, S)
+        waveforms = torch.stack([waveform_from(item, self.frontend) for item in items])  # (B, S)
         spec = self.frontend(waveforms.to(device))  # (B, 2, F, T)
         tokens = self.speech_encoder(spec.to(self.speech_encoder.dtype)).tokens  # (B, N, D)
         tokens = tokens.to(self.unet.dtype).repeat_interleave(num_images_per_prompt, dim=0)
@@ -222,11 +195,4 @@ class SpeechToFacePipeline(DiffusionPipeline):
         )  # (B, C, h, w), scaled
         latents = latents / self.face_decoder.config.scaling_factor
         faces = self.face_decoder(latents.to(self.face_decoder.dtype))  # (B, 3, H, W) in [-1, 1]
-        images = (faces.float() / 2 + 0.5).clamp(0, 1)
-        if output_type == "pt":
-            return SpeechToFaceOutput(images=images)
-        array = images.permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
-        if output_type == "np":
-            return SpeechToFaceOutput(images=array)
-        pil = [PIL.Image.fromarray((a * 255).round().astype(np.uint8)) for a in array]
-        return SpeechToFaceOutput(images=pil)
+        return to_output(faces, output_type)
