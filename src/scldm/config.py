@@ -43,10 +43,12 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW with linear warmup then cosine decay to `min_lr_ratio`·lr (see `lr_at`)."""
+    """AdamW with linear warmup then cosine decay to `min_lr_ratio`·lr (see `lr_at`); with
+    weight_decay 0 it is Adam. grad_clip 0: no clipping (the baselines' originals clip none)."""
 
     lr: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
     weight_decay: float = 0.0
     warmup_steps: int = 0
     schedule: Literal["cosine", "constant"] = "cosine"
@@ -206,6 +208,65 @@ class DiffusionStageConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     images_per_voice: int = 4  # generated faces per validation voice in the grids
     decoder: DecoderRefineConfig = field(default_factory=DecoderRefineConfig)
+
+
+@dataclass(frozen=True)
+class PhaseConfig:
+    """One supervised phase of a baseline's training that precedes the method's own (its
+    steps, batch and optimizer; logging and checkpoints follow the run's `train` section)."""
+
+    steps: int = 600
+    batch_size: int = 64
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=1e-3, schedule="constant", grad_clip=0.0)
+    )
+
+
+@dataclass(frozen=True)
+class Speech2FaceTeacherConfig(PhaseConfig):
+    """Speech2Face's face teacher. `identity`: a VGG-16 (`model`, a preset of
+    `scldm.baselines.speech2face.TEACHER_PRESETS`) trained as an identity classifier of the
+    training faces, with random flips; `vggface`: VGGFace from `weights` (vgg_face_dag.pth),
+    frozen, no training."""
+
+    mode: Literal["identity", "vggface"] = "identity"
+    model: Mapping[str, Any] = field(default_factory=lambda: {"preset": "small"})
+    weights: str | None = None
+    flip: bool = True
+
+
+@dataclass(frozen=True)
+class Speech2FaceDecoderConfig(PhaseConfig):
+    """The Cole et al. face decoder, trained on (teacher fc7, face) with the teacher frozen:
+    L1(x̂, x) + `feature_weight` · (1 − cos(fc7(x̂), fc7(x)))."""
+
+    model: Mapping[str, Any] = field(default_factory=lambda: {"preset": "small"})
+    feature_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class Speech2FaceConfig:
+    """`scldm train-baseline speech2face`: the teacher, then the decoder, then the voice encoder
+    (the method itself, `train` and `optim`: Eq. 1 against the frozen teacher and decoder)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(
+            lr=1e-3, betas=(0.5, 0.999), eps=1e-4, schedule="constant", grad_clip=0.0
+        )
+    )
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    frontend: Mapping[str, Any] = field(default_factory=dict)
+    voice_encoder: Mapping[str, Any] = field(default_factory=lambda: {"preset": "small"})
+    teacher: Speech2FaceTeacherConfig = field(default_factory=Speech2FaceTeacherConfig)
+    decoder: Speech2FaceDecoderConfig = field(default_factory=Speech2FaceDecoderConfig)
+    # Eq. 1: decoder-feature L1, normalised-feature L2, distillation at `temperature`
+    loss_weights: Mapping[str, float] = field(
+        default_factory=lambda: {"decoder_l1": 1.0, "feature_l2": 0.025, "distill": 200.0}
+    )
+    temperature: float = 2.0
+    train_crop_seconds: float | None = None  # as EncoderStageConfig's
 
 
 def component_kwargs(mapping: Mapping[str, Any], presets: Mapping[str, dict], what: str) -> dict:
@@ -421,6 +482,8 @@ __all__ = [
     "AdversarialConfig",
     "EncoderStageConfig",
     "DiffusionStageConfig",
+    "PhaseConfig",
+    "Speech2FaceConfig",
     "load_config",
     "save_config",
     "config_to_dict",

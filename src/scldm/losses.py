@@ -185,3 +185,34 @@ def adaptive_weight(
     g_adv = torch.autograd.grad(adversarial, last_layer, retain_graph=True)[0]
     weight = g_rec.norm() / (g_adv.norm() + 1e-4)
     return weight.clamp(0.0, max_weight).detach()
+
+
+# --- Speech2Face (Oh et al. 2019, Eq. 1) -----------------------------------------------------
+
+
+def s2f_loss(
+    dec_face: torch.Tensor,
+    dec_voice: torch.Tensor,
+    v_face: torch.Tensor,
+    v_voice: torch.Tensor,
+    logits_face: torch.Tensor,
+    logits_voice: torch.Tensor,
+    *,
+    weights: Mapping[str, float],
+    temperature: float = 2.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Speech2Face's loss (Eq. 1), every norm per sample, then the batch mean:
+    ‖f_dec(v_f) − f_dec(v_s)‖₁ + w_2·‖v_f/‖v_f‖ − v_s/‖v_s‖‖²₂ + w_3·H(p_f, p_s),
+    p = softmax(f_VGG(v) / T), H the cross-entropy (the teacher's distribution the target).
+
+    dec_*: (B, H) the face decoder's first layer f_dec on v; v_*: (B, D) the face teacher's
+    fc7 and the voice encoder's output; logits_*: (B, K) the teacher's classifier f_VGG on v.
+    `weights`: decoder_l1, feature_l2, distill. Returns (loss, logs of the unweighted terms).
+    """
+    l1 = (dec_face - dec_voice).abs().sum(dim=1).mean()
+    l2 = (F.normalize(v_face, dim=1) - F.normalize(v_voice, dim=1)).pow(2).sum(dim=1).mean()
+    target = F.softmax(logits_face / temperature, dim=1)
+    distill = -(target * F.log_softmax(logits_voice / temperature, dim=1)).sum(dim=1).mean()
+    terms = {"decoder_l1": l1, "feature_l2": l2, "distill": distill}
+    loss = sum(weights[k] * v for k, v in terms.items())
+    return loss, {"loss": loss.detach(), **{k: v.detach() for k, v in terms.items()}}

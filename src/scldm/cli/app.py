@@ -18,6 +18,7 @@ COMMANDS: tuple[Command, ...] = (
     train.PRETRAIN,
     train.PRIOR,
     train.TRAIN,
+    train.TRAIN_BASELINE,
     generate.GENERATE,
     generate.EVALUATE,
     train.ABLATE,

@@ -91,6 +91,30 @@ def _prior(args: argparse.Namespace) -> int:
     return 0
 
 
+def _baseline_options(p: argparse.ArgumentParser) -> None:
+    from scldm.baselines import BASELINES
+
+    p.add_argument("method", choices=sorted(BASELINES), help="the baseline to train")
+    add_data_option(p)
+    p.add_argument("--out", type=Path, required=True, help="the run folder")
+    add_run_options(p)
+
+
+def _train_baseline(args: argparse.Namespace) -> int:
+    from scldm.config import Speech2FaceConfig
+    from scldm.training.speech2face import train
+
+    trainers = {"speech2face": (Speech2FaceConfig, train)}
+    cls, run = trainers[args.method]
+    cfg = stage_config(args, cls, f"baselines/{args.method}")
+    pipeline = run(cfg, resume=args.resume, cpu=args.cpu)
+    print(
+        f"{args.method} done: pipeline in {pipeline}; try `scldm generate VOICE.wav --model "
+        f"{pipeline} -o out/` or `scldm evaluate --model {pipeline} ...`"
+    )
+    return 0
+
+
 def _ablate_options(p: argparse.ArgumentParser) -> None:
     add_data_option(p, "a prepared SynthVox folder")
     p.add_argument("--out", type=Path, required=True, help="folder for every run and result")
@@ -202,4 +226,20 @@ ABLATE = Command(
     "λ_train × every λ_infer of --lambdas). Writes OUT/table4.md and .csv, "
     "lambda_sweep.csv and .png, grids.png and report.md. Rerunning reuses finished runs "
     "and continues unfinished ones; a folder holding other settings is refused.",
+)
+TRAIN_BASELINE = Command(
+    "train-baseline",
+    "train a published baseline (speech2face) with its presets, for `scldm compare`",
+    _baseline_options,
+    _train_baseline,
+    description="Speech2Face (Oh et al., CVPR 2019) in three phases, "
+    "each a folder of RUN: teacher/ (the face teacher: an identity classifier of the training "
+    "faces, or VGGFace with --config base --set teacher.weights=vgg_face_dag.pth), decoder/ "
+    "(the Cole et al. face decoder on the teacher's fc7) and voice/ (the voice encoder on the "
+    "paper's Eq. 1). Each writes scalars.jsonl, curves.png, samples/ and checkpoints/, and the "
+    "run RUN/config.yaml, log.txt, metrics.json and, at the end, RUN/pipeline/ (a "
+    "Speech2FacePipeline for `scldm generate`, `evaluate` and `compare`, with its deviations "
+    "from the paper in model_index.json). --resume latest continues where a run stopped, "
+    "reusing finished phases. The presets (tiny, small, base) are the YAML files of "
+    "scldm/configs/baselines/.",
 )

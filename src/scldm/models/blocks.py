@@ -75,6 +75,20 @@ def conv_out_length(length: int, kernel_size: int, stride: int) -> int:
     return (length + 2 * ((kernel_size - 1) // 2) - kernel_size) // stride + 1
 
 
+def stack_out_length(
+    length: int,
+    kernel_size: int,
+    strides: Sequence[int],
+    pools: Sequence[int] | None = None,
+) -> int:
+    """Length along one axis after a stack of `ConvNormAct`s with `strides`, each followed by a
+    max-pool of `pools[i]` (None: no pools); 0 or less: the input was too short."""
+    for i, stride in enumerate(strides):
+        length = conv_out_length(length, kernel_size, stride)
+        length = length // pools[i] if pools is not None else length
+    return length
+
+
 # --- CBAM (Woo et al. 2018) -------------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from scldm.models.blocks import CBAM, ConvNormAct, conv_out_length, init_module
+from scldm.models.blocks import CBAM, ConvNormAct, init_module, stack_out_length
 
 SPEECH_ENCODER_PRESETS: dict[str, dict] = {
     # unit tests: 0.5 s spectrograms with n_fft 128 (F = 65); about 10k parameters
@@ -122,10 +122,8 @@ class SpeechEncoder(ModelMixin, ConfigMixin):
 
     def _out_length(self, length: int, *, pool_time: bool = True) -> int:
         cfg = self.config
-        for stride, pool in zip(cfg.strides, cfg.time_pools, strict=True):
-            length = conv_out_length(length, cfg.kernel_size, stride)
-            length = length // pool if pool_time else length
-        return length
+        pools = cfg.time_pools if pool_time else None
+        return stack_out_length(length, cfg.kernel_size, cfg.strides, pools)
 
     def num_tokens(self, num_frames: int) -> int:
         """N, the number of tokens for a spectrogram of `num_frames` frames."""

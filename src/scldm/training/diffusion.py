@@ -183,6 +183,7 @@ def train(
         unet.parameters(),
         lr=cfg.optim.lr,
         betas=cfg.optim.betas,
+        eps=cfg.optim.eps,
         weight_decay=cfg.optim.weight_decay,
         fused=True,  # one kernel for all parameters
     )

@@ -36,6 +36,7 @@ from scldm.training.loop import (
     background_worker,
     batch_stream,
     check_ranks_agree,
+    crop_samples,
     due,
     global_batch,
     log_scalars,
@@ -44,6 +45,7 @@ from scldm.training.loop import (
     plot_scalars,
     progress_bar,
     setup_run,
+    step_generator,
 )
 
 __all__ = ["build_model", "component_kwargs", "make_optimizer", "train"]
@@ -94,14 +96,14 @@ def make_optimizer(model: SpeechFaceModel, cfg: EncoderStageConfig) -> torch.opt
         },
         cfg.optim.weight_decay,
     )
-    return torch.optim.AdamW(groups, betas=cfg.optim.betas, fused=True)
+    return torch.optim.AdamW(groups, betas=cfg.optim.betas, eps=cfg.optim.eps, fused=True)
 
 
 def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = False) -> Path:
     """Run stage 1 and return the export folder (speech_encoder/, face_encoder/, face_decoder/,
     frontend/ — EMA weights, `save_pretrained` format)."""
     frontend = SpectrogramFrontend(**cfg.frontend)
-    crop = _crop_samples(cfg, frontend)  # checked before anything is written
+    crop = crop_samples(cfg.train_crop_seconds, frontend)  # checked before anything is written
     if not 0 < cfg.recon_fraction <= 1:
         raise InputError(None, f"recon_fraction {cfg.recon_fraction:g} must lie in (0, 1]")
     # faces the decoder reconstructs per step (per process): at least one
@@ -174,7 +176,7 @@ def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = Fal
         with accelerator.accumulate(model, *([adversary.disc] if adversary else [])):
             wave = batch["waveform"]
             if crop is not None:
-                wave = random_crop(wave, crop, _crop_generator(cfg, state, accelerator))
+                wave = random_crop(wave, crop, step_generator(cfg.train.seed, state, accelerator))
             outputs = model(  # through DDP's forward
                 frontend(wave), batch["face"], num_reconstructed=num_reconstructed
             )
@@ -221,25 +223,6 @@ def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = Fal
             )
     bar.close()
     return export(accelerator, unwrapped, ema, frontend, cfg, run_dir, state, train_ds, val_ds)
-
-
-def _crop_samples(cfg: EncoderStageConfig, frontend: SpectrogramFrontend) -> int | None:
-    """Training window in samples (`train_crop_seconds`), or None for the whole segment."""
-    seconds = cfg.train_crop_seconds
-    if seconds is None:
-        return None
-    segment = frontend.config.segment_seconds
-    if not 0 < seconds <= segment:
-        raise InputError(
-            None, f"train_crop_seconds {seconds} must lie in (0, segment_seconds {segment}]"
-        )
-    return round(seconds * frontend.config.sample_rate)
-
-
-def _crop_generator(cfg: EncoderStageConfig, state: TrainState, accelerator: Accelerator):
-    """The crop positions' generator, seeded by (seed, step, rank): resumable without state."""
-    seed = (cfg.train.seed * 1_000_003 + state.step) * 1009 + accelerator.process_index
-    return torch.Generator().manual_seed(seed)
 
 
 def _perceptual(cfg: EncoderStageConfig, device: torch.device):

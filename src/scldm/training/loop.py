@@ -19,6 +19,7 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
 from tqdm.auto import tqdm
 
+from scldm.audio import SpectrogramFrontend
 from scldm.config import TrainConfig, config_to_dict, save_config
 from scldm.errors import InputError
 from scldm.io import save_figure
@@ -138,6 +139,26 @@ def batch_stream(
         epoch, skip = epoch + 1, 0
 
 
+def crop_samples(seconds: float | None, frontend: SpectrogramFrontend) -> int | None:
+    """The training window (`train_crop_seconds`) in samples, or None for the whole segment."""
+    if seconds is None:
+        return None
+    segment = frontend.config.segment_seconds
+    if not 0 < seconds <= segment:
+        raise InputError(
+            None, f"train_crop_seconds {seconds} must lie in (0, segment_seconds {segment}]"
+        )
+    return round(seconds * frontend.config.sample_rate)
+
+
+def step_generator(seed: int, state: TrainState, accelerator: Accelerator) -> torch.Generator:
+    """A generator seeded by (seed, step, rank), for a step's random crops and flips: a resumed
+    run draws what an uninterrupted one would, with no generator state to save."""
+    return torch.Generator().manual_seed(
+        (seed * 1_000_003 + state.step) * 1009 + accelerator.process_index
+    )
+
+
 def optimizer_step(
     accelerator: Accelerator,
     model: torch.nn.Module,
@@ -147,9 +168,10 @@ def optimizer_step(
 ) -> dict[str, torch.Tensor]:
     """After `accelerator.backward`, inside `accumulate`: clip the gradients when they are
     synchronised, set the LR, step and zero the gradients (the prepared optimizer skips the
-    step between accumulation boundaries). Returns {"grad_norm": norm} when clipped, else {}."""
+    step between accumulation boundaries). Returns {"grad_norm": norm} when clipped (grad_clip
+    > 0), else {}."""
     logs = {}
-    if accelerator.sync_gradients:
+    if accelerator.sync_gradients and grad_clip > 0:
         logs["grad_norm"] = accelerator.clip_grad_norm_(model.parameters(), grad_clip)
     set_lr(optimizer, lr_factor)
     optimizer.step()

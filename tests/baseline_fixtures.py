@@ -1,0 +1,28 @@
+"""Randomly initialised tiny baseline pipelines for tests (32 px faces, 0.5 s of audio)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def tiny_speech2face_pipeline(seed: int = 0):
+    """A `Speech2FacePipeline` of seeded random tiny networks: fast, deterministic, untrained."""
+    from scldm.audio import SpectrogramFrontend
+    from scldm.baselines.speech2face import (
+        FACE_DECODER_PRESETS,
+        VOICE_ENCODER_PRESETS,
+        ColeDecoder,
+        Speech2FacePipeline,
+        VoiceEncoder,
+    )
+
+    torch.manual_seed(seed)
+    frontend = SpectrogramFrontend(n_fft=128, win_length=128, hop_length=64, segment_seconds=0.5)
+    pipe = Speech2FacePipeline(
+        frontend=frontend,
+        voice_encoder=VoiceEncoder(**VOICE_ENCODER_PRESETS["tiny"]).eval(),
+        face_decoder=ColeDecoder(**FACE_DECODER_PRESETS["tiny"]).eval(),
+        method={"deviations": ["untrained test fixture"]},
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
