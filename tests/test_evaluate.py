@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from scldm.data.manifest import read_manifest
 from scldm.errors import InputError
@@ -289,3 +291,136 @@ def test_cli_evaluate_refuses_bad_input_in_one_line(tiny_stage1, tmp_path, capsy
     err = capsys.readouterr().err
     assert "unknown face features 'nosuch'" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "ev").exists()  # nothing half-written
+
+
+# --- scoring size, diversity, per-speaker values, the method's record ----------------------
+
+
+def test_pairwise_diversity_known_answers():
+    from scldm.evaluation.metrics import pairwise_diversity
+
+    f = torch.tensor(
+        [
+            [[1.0, 0.0], [3.0, 0.0], [2.0, 0.0]],  # one direction, any scale: 0
+            [[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]],  # pairs 100, 200, 100 → 133.33
+            [[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]],  # face 3 missed: the one pair left, 100
+            [[1.0, 0.0], [0.0, 1.0], [5.0, 5.0]],  # one face found: no pair
+        ]
+    )
+    found = torch.tensor([[1, 1, 1], [1, 1, 1], [1, 1, 0], [0, 1, 0]], dtype=torch.bool)
+    d = pairwise_diversity(f, found)
+    assert d[:3].tolist() == pytest.approx([0.0, 400 / 3, 100.0])
+    assert math.isnan(d[3])
+
+
+class Recording(PixelFeatures):
+    """PixelFeatures that records the image sizes it was given."""
+
+    def __init__(self):
+        self.sizes = set()
+
+    def __call__(self, faces):
+        self.sizes.add(tuple(faces.shape[-2:]))
+        return super().__call__(faces)
+
+
+class DeterministicCopy(CopyTrueFace):
+    """A deterministic method (the clip's true face), which records how often it is called."""
+
+    name = "copy-det"
+    deterministic = True
+    method = {"name": "copy-det", "title": "Copy (test)", "deviations": ["copies the answer"]}
+
+    def __init__(self, data, size):
+        super().__init__(data, size)
+        self.calls = 0
+
+    def __call__(self, audio, generators):
+        self.calls += len(audio)
+        return super().__call__(audio, generators)
+
+
+def test_faces_are_scored_at_the_given_size(tiny_stage1, tmp_path):
+    data, _ = tiny_stage1
+    stored = Image.open(data / read_manifest(data, split="train")[0]["face"]).size[0]
+    small = stored // 2
+    gen = CopyTrueFace(data, small)  # a perfect model whose faces are half the stored size
+    feats = Recording()
+    kw = {"features": {"pixels": feats}, "attributes": {}, "progress": False}
+    at = evaluate(
+        gen,
+        data,
+        tmp_path / "a",
+        **kw,
+        settings=EvalSettings(split="train", bootstrap=50, max_clips=6, image_size=small),
+    )
+    assert feats.sizes == {(small, small)} and at["scoring"]["image_size"] == small
+    assert at["settings"]["image_size"] == small
+    # true faces resized to `small` with the same Lanczos as the generated ones: identical
+    assert at["features"]["pixels"]["model"]["cos/l2norm/clip"]["value"] == pytest.approx(
+        0, abs=1e-9
+    )
+    feats.sizes.clear()
+    default = evaluate(
+        gen,
+        data,
+        tmp_path / "b",
+        **kw,
+        settings=EvalSettings(split="train", bootstrap=50, max_clips=6),
+    )
+    assert feats.sizes == {(stored, stored)}  # the data's size: generated faces upsampled
+    assert default["scoring"] == default["scoring"] | {
+        "image_size": stored,
+        "generated_size": small,
+    }
+    assert default["features"]["pixels"]["model"]["l1/l2norm/clip"]["value"] > 1e-3
+    with pytest.raises(InputError, match="image-size"):
+        evaluate(gen, data, tmp_path / "c", **kw, settings=EvalSettings(image_size=8))
+
+
+def test_diversity_is_zero_for_identical_faces_and_positive_for_different_ones(
+    tiny_stage1, tmp_path, caplog
+):
+    data, _ = tiny_stage1
+    grey = _run(data, tmp_path / "grey", GreyFace(data, 32), max_clips=6, num_images=3)
+    div = grey["features"]["pixels"]["model"]["diversity"]
+    assert div["value"] > 0 and div["ci"][0] > 0  # seeded noise: every face differs
+    assert grey["features"]["pixels"]["floor"].get("diversity") is None
+    one = _run(data, tmp_path / "one", GreyFace(data, 32), max_clips=6, num_images=1)
+    assert one["features"]["pixels"]["model"]["diversity"] is None  # n/a with K = 1
+    assert "| model |" in (tmp_path / "one" / "report.md").read_text()
+
+    det = DeterministicCopy(data, 32)
+    with caplog.at_level(logging.WARNING):
+        res = _run(data, tmp_path / "det", det, max_clips=6, num_images=3)
+    made = _expected_counts(data, max_clips=6, num_images=1)["generated_images"]
+    assert det.calls == made  # one face a clip, copied to the other two files
+    assert len(list((tmp_path / "det" / "images").glob("*.png"))) == 3 * made
+    assert res["features"]["pixels"]["model"]["diversity"]["value"] == 0.0
+    assert len([r for r in caplog.records if "identical" in r.message]) == 1
+    assert res["method"]["title"] == "Copy (test)"
+    assert res["method"]["deviations"] == ["copies the answer"]
+    report = (tmp_path / "det" / "report.md").read_text()
+    assert "Copy (test)" in report and "- copies the answer" in report
+
+
+def test_per_speaker_values_average_to_the_reported_value(tiny_stage1, tmp_path):
+    data, _ = tiny_stage1
+    res = _run(data, tmp_path / "ev", GreyFace(data, 32), max_clips=8, num_images=2)
+    per = json.loads((tmp_path / "ev" / "per_speaker.json").read_text())
+    assert per["condition"] == "model"
+    values = per["values"]
+    speakers = {r["speaker_id"] for r in read_manifest(data, split="train")[:8]}
+    checked = 0
+    for kind in ("features", "attributes"):
+        for name, scored in res[kind].items():
+            for metric, summary in scored["model"].items():
+                if not isinstance(summary, dict):
+                    continue  # pool_size
+                spk = values[f"{kind}/{name}/{metric}"]
+                assert set(spk) <= speakers and len(spk) == summary["speakers"]
+                if spk:
+                    assert np.mean(list(spk.values())) == pytest.approx(summary["value"])
+                    checked += 1
+    assert checked >= 10 and "features/pixels/diversity" in values
+    assert "per_speaker" not in json.loads((tmp_path / "ev" / "metrics.json").read_text())

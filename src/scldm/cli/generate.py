@@ -9,7 +9,8 @@ from scldm.cli.options import (
     Command,
     add_data_option,
     add_sampling_options,
-    load_pipeline,
+    check_model_options,
+    load_model,
     require_dataset,
     require_pipeline,
     sampling_overrides,
@@ -31,7 +32,10 @@ def _generate_options(p: argparse.ArgumentParser) -> None:
         "--speakers", type=int, default=None, help="only the first N speakers (default: all)"
     )
     p.add_argument(
-        "--model", type=Path, required=True, help="a pipeline folder (RUN/pipeline of scldm train)"
+        "--model",
+        type=Path,
+        required=True,
+        help="a pipeline folder: RUN/pipeline of scldm train or of scldm train-baseline",
     )
     p.add_argument("-o", "--out", type=Path, required=True, help="folder for the PNGs")
     p.add_argument("--num-images", type=int, default=1, help="faces per voice (default: 1)")
@@ -69,21 +73,22 @@ def _voices(args: argparse.Namespace) -> list[Path]:
 def _generate(args: argparse.Namespace) -> int:
     import torch
 
+    from scldm.evaluation.generators import warn_if_identical
     from scldm.faces import make_grid, save_image
 
-    overrides = sampling_overrides(args)
+    sampling_overrides(args)  # checked before anything loads
     voices = _voices(args)
-    pipe = load_pipeline(args)
+    model = load_model(args)
+    warn_if_identical(model, args.num_images)
     stems = [p.stem for p in voices]
     if len(set(stems)) < len(stems):  # a/0.wav and b/0.wav: keep the folder in the name
         stems = [f"{p.parent.name}_{p.stem}" for p in voices]
     rows, written = [], []
     for path, stem in zip(voices, stems, strict=True):  # one voice at a time: a bad file
-        images = pipe(  # names itself before any output
+        images = model.sample(  # names itself before any output
             str(path),
             num_images_per_prompt=args.num_images,
             generator=torch.Generator().manual_seed(args.seed),
-            **overrides,
         ).images
         rows.append(images)
         written += [save_image(im, args.out / f"{stem}_{k}.png") for k, im in enumerate(images)]
@@ -99,7 +104,12 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _evaluate_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", type=Path, required=True, help="a pipeline folder")
+    p.add_argument(
+        "--model",
+        type=Path,
+        required=True,
+        help="a pipeline folder: SCLDM's (scldm train) or a baseline's (scldm train-baseline)",
+    )
     add_data_option(p, "a prepared dataset")
     p.add_argument("--split", default="test", help="(default: %(default)s)")
     p.add_argument("-o", "--out", type=Path, required=True, help="report folder")
@@ -130,8 +140,22 @@ def _evaluate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--vggface-weights", type=Path, default=None, help="vgg_face_dag.pth (for vggface)"
     )
-    p.add_argument("--num-images", type=int, default=1, help="faces per clip (default: 1)")
+    p.add_argument(
+        "--num-images",
+        type=int,
+        default=1,
+        help="faces per clip (default: 1); with 2 or more their diversity is scored too",
+    )
     p.add_argument("--max-clips", type=int, default=None, help="only the first N clips")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        metavar="N",
+        help="score every face at N × N px: true faces load at N and generated faces are "
+        "resized to N with Lanczos, so models of different output sizes are scored alike "
+        "(default: the split's true face images as stored)",
+    )
     add_sampling_options(p)
     p.add_argument("--batch-size", type=int, default=16, help="(default: %(default)s)")
     p.add_argument("--pool-size", type=int, default=100, help="retrieval pool (default: 100)")
@@ -141,16 +165,32 @@ def _evaluate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
 
 
+def print_method(info: dict) -> None:
+    """The method's title and its deviations from the published method, when it has some."""
+    if info.get("deviations"):
+        print(f"{info['title']}: deviations from the published method:")
+        for d in info["deviations"]:
+            print(f"  - {d}")
+
+
 def _evaluate(args: argparse.Namespace) -> int:
-    from scldm.evaluation.evaluate import EvalSettings, PipelineGenerator, evaluate
+    from scldm.evaluation.evaluate import EvalSettings, evaluate
     from scldm.evaluation.extractors import build_estimator, build_features
 
     require_pipeline(args.model)
     require_dataset(args.data)
-    overrides = sampling_overrides(args)
+    info = check_model_options(args)
+    if args.image_size is not None and args.image_size < 16:
+        raise InputError(None, f"--image-size must be at least 16, got {args.image_size}")
     if args.encoders is not None:
         from scldm.evaluation.fidelity import face_encoder_dir
 
+        if info["method"] not in (None, "scldm"):
+            raise InputError(
+                args.model,
+                f"is a {info['title']} pipeline; --encoders needs an SCLDM pipeline (its face "
+                "decoder reconstructs the faces)",
+            )
         face_encoder_dir(args.encoders)  # a wrong folder is refused before anything loads
     default = "synthvox" if args.oracle else None
     feats = (args.features or default or "dlib").split(",")
@@ -168,15 +208,17 @@ def _evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         pool_size=args.pool_size,
         age_tolerance=args.age_tolerance,
+        image_size=args.image_size,
     )
-    pipe = load_pipeline(args)
+    model = load_model(args)
+    print_method(model.method)
     reconstructor = None
     if args.encoders is not None:
         from scldm.evaluation.fidelity import load_reconstructor
 
-        reconstructor = load_reconstructor(args.encoders, pipe.face_decoder)
+        reconstructor = load_reconstructor(args.encoders, model.pipe.face_decoder)
     evaluate(
-        PipelineGenerator(pipe, overrides),
+        model,
         args.data,
         args.out,
         features=features,
@@ -192,13 +234,15 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 GENERATE = Command(
     "generate",
-    "faces from voices with a trained pipeline",
+    "faces from voices with a trained pipeline (SCLDM or a baseline)",
     _generate_options,
     _generate,
     description="Writes OUT/<audio name>_<k>.png for each voice and image, and OUT/grid.png "
     "(one row per voice) when there is more than one image. The voices are audio files, or "
     "with --data one clip of each speaker of a prepared split, e.g. `scldm generate --data "
-    "DIR --split test --speakers 4 --model RUN/pipeline -o faces/`.",
+    "DIR --split test --speakers 4 --model RUN/pipeline -o faces/`. --model is SCLDM's "
+    "pipeline or a baseline's (the sampling options are SCLDM's; a deterministic baseline's "
+    "images of one voice are identical).",
 )
 EVALUATE = Command(
     "evaluate",
@@ -216,7 +260,11 @@ EVALUATE = Command(
     "0.5 = indistinguishable, 1.0 = always told apart) and by KID (Binkowski et al. 2018, on "
     "each feature network's features; 0 = same distribution). With --encoders, the face "
     "autoencoder's reconstructions of the true faces are scored the same way, with PSNR and "
-    "the attributes read from them beside those read from the true faces. Writes "
-    "OUT/metrics.json (values and conventions), OUT/report.md, OUT/metrics.png, "
+    "the attributes read from them beside those read from the true faces. Every face is "
+    "scored at one size (--image-size), and with --num-images K ≥ 2 the diversity of a "
+    "clip's faces (mean pairwise cosine distance) is scored too. --model is SCLDM's pipeline "
+    "or a baseline's, whose deviations from its paper are printed and reported. Writes "
+    "OUT/metrics.json (values and conventions), OUT/per_speaker.json (the model's "
+    "per-speaker values, for paired comparisons), OUT/report.md, OUT/metrics.png, "
     "OUT/samples.png and, with --encoders, OUT/reconstructions.png.",
 )

@@ -105,9 +105,10 @@ def stage_config(args: argparse.Namespace, cls: type, stage: str) -> Any:
 
 def add_sampling_options(p: argparse.ArgumentParser) -> None:
     """Each defaults to the pipeline's own sampling config (saved in its folder by `scldm
-    train`)."""
+    train`). SCLDM only: a baseline's pipeline refuses them."""
     g = p.add_argument_group(
-        "sampling", "each default: the pipeline's sampling config (model_index.json)"
+        "sampling (SCLDM only; refused for a baseline's pipeline)",
+        "each default: the pipeline's sampling config (model_index.json)",
     )
     g.add_argument("--steps", type=int, default=None, help="sampler steps")
     g.add_argument(
@@ -155,15 +156,22 @@ def require_pipeline(path: Path) -> None:
         raise InputError(path, "is not a pipeline folder (no model_index.json)")
 
 
-def load_pipeline(args: argparse.Namespace):
-    """`SpeechToFacePipeline` of --model, with the sampler of --scheduler if given."""
-    from scldm.diffusion.pipeline import SpeechToFacePipeline
+def check_model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """What --model holds (read from its model_index.json, no weights loaded), after refusing
+    the sampling options a baseline's pipeline lacks: `scldm.evaluation.generators.describe`."""
+    from scldm.evaluation.generators import check_options
 
     require_pipeline(args.model)
-    pipe = SpeechToFacePipeline.from_pretrained(args.model)
-    if args.scheduler:
-        pipe.set_sampling(scheduler=args.scheduler)
-    return pipe
+    return check_options(args.model, sampling_overrides(args), args.scheduler)
+
+
+def load_model(args: argparse.Namespace):
+    """The `FaceGenerator` of --model (SCLDM's pipeline or a baseline's), with the sampling
+    options given (the sampler of --scheduler included) for SCLDM."""
+    from scldm.evaluation.generators import load_generator
+
+    require_pipeline(args.model)
+    return load_generator(args.model, overrides=sampling_overrides(args), scheduler=args.scheduler)
 
 
 # --- prepare: the corpus preparers' `PrepareOptions` ------------------------------------------

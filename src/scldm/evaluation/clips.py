@@ -5,12 +5,14 @@ speaker), and where a clip's generated faces are cached.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from scldm.data.manifest import read_manifest
 from scldm.errors import InputError
@@ -28,6 +30,7 @@ class EvalSettings:
     pool_size: int = 100
     age_tolerance: float = 10.0
     bootstrap: int = 1000
+    image_size: int | None = None  # scoring size; None: the split's true faces as stored
 
 
 @dataclass
@@ -78,6 +81,19 @@ def plan_clips(data: Path, split: str, *, max_clips: int | None, seed: int) -> l
             )
         )
     return clips
+
+
+def face_size(clips: Sequence[Clip]) -> int:
+    """The side of the clips' true face images as stored (the smaller side, as faces are
+    centre-cropped; the most common one if they differ): the default scoring size."""
+    sides: Counter[int] = Counter()
+    for path in dict.fromkeys(c.face for c in clips):
+        try:
+            with Image.open(path) as img:  # reads the header only
+                sides[min(img.size)] += 1
+        except (OSError, UnidentifiedImageError) as e:
+            raise InputError(path, f"not a readable image ({e})") from None
+    return sides.most_common(1)[0][0]
 
 
 def image_path(out: Path, clip: Clip, k: int) -> Path:

@@ -7,38 +7,45 @@ run resumes). They are compared with three references built from the same data:
 - `floor`: another true face image of the same speaker against the clip's face: what a
   perfect model could score (when a speaker has a single image, the floor is not reported);
 - `chance`: the true face of a randomly paired other speaker (a seeded derangement).
-A generator plugs in through `FaceGenerator` (voices → faces), so baselines are scored the
-same way as SCLDM. Beside this module in `scldm.evaluation`: `clips` plans the clips and their
-references, `fidelity` scores realism and reconstruction, `report` writes the report.
+A generator plugs in through `FaceGenerator` (voices → faces; `generators` loads SCLDM's and
+the baselines' pipelines as one), so baselines are scored the same way as SCLDM, at one scoring
+size (`EvalSettings.image_size`). With K ≥ 2 faces per clip, their diversity is scored too.
+Beside this module in `scldm.evaluation`: `clips` plans the clips and their references,
+`fidelity` scores realism and reconstruction, `report` writes the report.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from scldm import __version__
 from scldm.errors import InputError
-from scldm.evaluation.clips import Clip, EvalSettings, image_path, plan_clips
+from scldm.evaluation.clips import Clip, EvalSettings, face_size, image_path, plan_clips
+from scldm.evaluation.generators import (  # PipelineGenerator: re-exported for older imports
+    FaceGenerator,
+    PipelineGenerator,  # noqa: F401
+    generate_cached,
+    warn_if_identical,
+)
 from scldm.evaluation.metrics import (
     age_errors,
     feature_distances,
     gender_hits,
     mean_by_group,
+    pairwise_diversity,
     pooled_hits,
+    speaker_means,
     summarise,
 )
-from scldm.faces import load_face_tensor, save_image, to_pil
-from scldm.io import write_json, write_text
+from scldm.faces import MIN_FACE_SIDE, load_face_tensor
+from scldm.io import write_json
 
 if TYPE_CHECKING:
     from scldm.evaluation.fidelity import FaceReconstructor
@@ -48,90 +55,6 @@ log = logging.getLogger(__name__)
 CONDITIONS = ("model", "floor", "chance")
 DISTANCES = ("l1", "l2", "cos")
 DEFAULT_SETTINGS = EvalSettings()
-
-
-class FaceGenerator(Protocol):
-    """What `evaluate` needs from a model: voices → faces."""
-
-    name: str
-    image_size: int
-    settings: dict[str, Any]  # recorded in metrics.json and part of the image cache's key
-
-    def __call__(
-        self, audio: Sequence[Path], generators: Sequence[torch.Generator]
-    ) -> torch.Tensor:
-        """One face per (audio, generator) pair: (B, 3, H, W) in [-1, 1]."""
-        ...
-
-
-@dataclass
-class PipelineGenerator:
-    """A `SpeechToFacePipeline` as a `FaceGenerator`: its saved sampling config (`pipe.sampling`)
-    with `overrides` (num_inference_steps, guidance_scale, temperature, prior_scale)."""
-
-    pipe: Any
-    overrides: Mapping[str, Any] = field(default_factory=dict)
-    name: str = "scldm"
-
-    @property
-    def image_size(self) -> int:
-        return int(self.pipe.face_decoder.config.image_size)
-
-    @property
-    def settings(self) -> dict[str, Any]:
-        sampling = asdict(self.pipe.sampling) | dict(self.overrides)
-        del sampling["scheduler"]  # the component samples: recorded by its class
-        return {"scheduler": type(self.pipe.scheduler).__name__, **sampling}
-
-    def __call__(
-        self, audio: Sequence[Path], generators: Sequence[torch.Generator]
-    ) -> torch.Tensor:
-        out = self.pipe(
-            [str(a) for a in audio], generator=list(generators), output_type="pt", **self.overrides
-        ).images
-        return out * 2 - 1
-
-
-def _seed_for(seed: int, clip: Clip, k: int) -> int:
-    digest = hashlib.sha256(f"{seed}/{clip.audio.name}/{clip.speaker}/{clip.index}/{k}".encode())
-    return int.from_bytes(digest.digest()[:8], "little") >> 1
-
-
-def generate_cached(
-    generator: FaceGenerator,
-    clips: Sequence[Clip],
-    out: Path,
-    *,
-    num_images: int,
-    seed: int,
-    batch_size: int,
-    progress: bool = True,
-) -> None:
-    """Generate the missing `OUT/images/<clip>_<k>.png`. Each image has its own seeded
-    generator, so the faces do not depend on batching or on where a run was interrupted. A
-    cache made with other settings is refused rather than mixed."""
-    key = {"model": generator.name, "seed": seed, "num_images": num_images, **generator.settings}
-    key_file = out / "images" / "settings.json"
-    if key_file.is_file():
-        old = json.loads(key_file.read_text())
-        if old != json.loads(json.dumps(key)):
-            raise InputError(
-                out, f"holds images generated with other settings ({old}); use a new -o folder"
-            )
-    write_text(key_file, json.dumps(key, indent=1))
-    todo = [(c, k) for c in clips for k in range(num_images) if not image_path(out, c, k).is_file()]
-    if not todo:
-        return
-    bar = tqdm(total=len(todo), desc="generating faces", unit="face", disable=not progress)
-    for i in range(0, len(todo), batch_size):
-        chunk = todo[i : i + batch_size]
-        gens = [torch.Generator().manual_seed(_seed_for(seed, c, k)) for c, k in chunk]
-        with torch.no_grad():
-            faces = generator([c.audio for c, _ in chunk], gens)
-        for (c, k), face in zip(chunk, faces, strict=True):
-            save_image(to_pil(face), image_path(out, c, k))
-        bar.update(len(chunk))
-    bar.close()
 
 
 def _load(paths: Sequence[Path | None], size: int) -> torch.Tensor:
@@ -191,11 +114,30 @@ def load_faces(clips: Sequence[Clip], out: Path, num_images: int, size: int) -> 
     )
 
 
+def _summary(
+    values: np.ndarray,
+    speakers: Sequence[str],
+    settings: EvalSettings,
+    sink: dict[str, dict[str, float]] | None = None,
+    key: str = "",
+) -> dict[str, Any]:
+    """`summarise` over speakers; with a `sink`, also its per-speaker means as sink[key]."""
+    if sink is not None:
+        means, ids = speaker_means(values, speakers)
+        sink[key] = dict(zip(ids, means.tolist(), strict=True))
+    return summarise(values, speakers, resamples=settings.bootstrap, seed=settings.seed)
+
+
 def score_features(
-    extractor: Any, faces: Faces, clips: Sequence[Clip], settings: EvalSettings
+    extractor: Any,
+    faces: Faces,
+    clips: Sequence[Clip],
+    settings: EvalSettings,
+    per_speaker: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """Distances to the clip's face and to the speaker's mean face, raw and L2-normalised,
-    and speech→face retrieval, for every condition."""
+    and speech→face retrieval, for every condition; the diversity of each clip's K ≥ 2
+    generated faces. `per_speaker` receives the model condition's per-speaker values."""
     speakers = [c.speaker for c in clips]
     true_f, true_ok = batched_features(extractor, faces.images["true"])
     # the speaker's mean true face feature (over the found faces of its clips)
@@ -209,8 +151,10 @@ def score_features(
         "not_found": {"true": int((~true_ok).sum())},
     }
     for cond in CONDITIONS:
+        sink = per_speaker if cond == "model" else None
         f, ok = batched_features(extractor, faces.images[cond])
         ok &= faces.present[cond]
+        made = ok.clone()  # found, whether or not the clip's true face was
         clip_idx = torch.tensor(faces.clip_of[cond])
         ok &= true_ok[clip_idx]
         result["not_found"][cond] = int((~ok & faces.present[cond]).sum())
@@ -219,15 +163,20 @@ def score_features(
             continue
         row_spk = [speakers[i] for i in clip_idx.tolist()]
         metrics: dict[str, Any] = {}
+        if cond == "model":  # rows are clip-major: clip c's K faces are rows cK … cK + K − 1
+            k = settings.num_images
+            metrics["diversity"] = None  # n/a with one face a clip
+            if k >= 2:
+                div = pairwise_diversity(f.view(-1, k, f.shape[-1]), made.view(-1, k))
+                metrics["diversity"] = _summary(div, speakers, settings, sink, "diversity")
         for target, ref in (("clip", true_f[clip_idx]), ("speaker", spk_mean[sid[clip_idx]])):
             for norm in ("raw", "l2norm"):
                 d = feature_distances(f, ref, normalise=norm == "l2norm")
                 for name in DISTANCES:
                     v = d[name].numpy().copy()
                     v[~ok.numpy()] = np.nan
-                    metrics[f"{name}/{norm}/{target}"] = summarise(
-                        v, row_spk, resamples=settings.bootstrap, seed=settings.seed
-                    )
+                    key = f"{name}/{norm}/{target}"
+                    metrics[key] = _summary(v, row_spk, settings, sink, key)
         # retrieval by speaker: the mean feature of a speaker's faces of this condition as the
         # query, the speaker's mean true face as the key (speakers with found faces of both)
         found = {s for s, o in zip(row_spk, ok.tolist(), strict=True) if o} & true_found
@@ -248,7 +197,7 @@ def score_features(
                 seed=settings.seed,
             )
         for k, h in hits.items():
-            metrics[f"R@{k}"] = summarise(h, kept, resamples=settings.bootstrap, seed=settings.seed)
+            metrics[f"R@{k}"] = _summary(h, kept, settings, sink, f"R@{k}")
         metrics["pool_size"] = pool
         result[cond] = metrics
     return result
@@ -261,11 +210,13 @@ def score_attributes(
     settings: EvalSettings,
     *,
     conditions: Sequence[str] = CONDITIONS,
+    per_speaker: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """Gender accuracy, age within ±tolerance and age MAE for every condition, against the
     manifest's labels where a clip has them, else against the estimator on the true face.
     Class attributes the estimator returns beyond gender and age (SynthVox's oracle reads all
-    of them) are scored as accuracies against the manifest's values."""
+    of them) are scored as accuracies against the manifest's values. `per_speaker` receives
+    the model condition's per-speaker values."""
     speakers = [c.speaker for c in clips]
     on_true = _attributes(estimator, faces.images["true"])
     target_source = {}
@@ -305,23 +256,23 @@ def score_attributes(
         result["not_found"][cond] = sum(
             p is None for p, m in zip(pred.get("gender", []), missing, strict=False) if not m
         )
-        metrics = {}
+        values: dict[str, np.ndarray] = {}
         if "gender" in pred:
-            hits = gender_hits(pred["gender"], [targets["gender"][i] for i in rows])
-            metrics["gender_acc"] = summarise(masked(hits), row_spk, resamples=settings.bootstrap)
+            values["gender_acc"] = gender_hits(pred["gender"], [targets["gender"][i] for i in rows])
         if "age" in pred:
             err = masked(age_errors(pred["age"], [targets["age"][i] for i in rows]))
-            within = np.where(
+            values["age_within"] = np.where(
                 np.isfinite(err), (err <= settings.age_tolerance).astype(float), np.nan
             )
-            metrics["age_within"] = summarise(within, row_spk, resamples=settings.bootstrap)
-            metrics["age_mae"] = summarise(err, row_spk, resamples=settings.bootstrap)
+            values["age_mae"] = err
         for name in extras:
-            hits = np.array(
+            values[f"{name}_acc"] = np.array(
                 [float(p == clips[i].labels[name]) for p, i in zip(pred[name], rows, strict=True)]
             )
-            metrics[f"{name}_acc"] = summarise(masked(hits), row_spk, resamples=settings.bootstrap)
-        result[cond] = metrics
+        sink = per_speaker if cond == "model" else None
+        result[cond] = {
+            k: _summary(masked(v), row_spk, settings, sink, k) for k, v in values.items()
+        }
     return result
 
 
@@ -337,13 +288,18 @@ def evaluate(
     reconstructor: FaceReconstructor | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Generate (or reuse) faces for the split, score them with every feature network and
-    attribute estimator, their realism and (given a `reconstructor`) the face autoencoder's
-    fidelity; write OUT/metrics.json, OUT/report.md and its pictures."""
+    """Generate (or reuse) faces for the split, score them at the scoring size with every
+    feature network and attribute estimator, their realism and (given a `reconstructor`) the
+    face autoencoder's fidelity; write OUT/metrics.json, OUT/per_speaker.json (the model's
+    per-speaker values, for paired comparisons), OUT/report.md and its pictures."""
     from scldm.evaluation.fidelity import score_fidelity  # these read this module's types
     from scldm.evaluation.report import write_report
 
+    if settings.image_size is not None and settings.image_size < MIN_FACE_SIDE:
+        raise InputError(None, f"--image-size must be at least {MIN_FACE_SIDE}")
     clips = plan_clips(data, settings.split, max_clips=settings.max_clips, seed=settings.seed)
+    size = settings.image_size or face_size(clips)
+    warn_if_identical(generator, settings.num_images)
     out.mkdir(parents=True, exist_ok=True)
     generate_cached(
         generator,
@@ -354,9 +310,18 @@ def evaluate(
         batch_size=settings.batch_size,
         progress=progress,
     )
-    faces = load_faces(clips, out, settings.num_images, generator.image_size)
+    faces = load_faces(clips, out, settings.num_images, size)
+    params = getattr(generator, "num_parameters", None)
     result: dict[str, Any] = {
         "model": {"name": generator.name, "path": model_path, **generator.settings},
+        "method": {**getattr(generator, "method", {}), "parameters": params},
+        "scoring": {
+            "image_size": size,
+            "generated_size": generator.image_size,
+            "convention": "true and generated faces centre-cropped and resized to image_size "
+            "with Lanczos (PIL); image_size is --image-size or, by default, the side of the "
+            "split's true face images as stored",
+        },
         "data": str(data),
         "settings": asdict(settings),
         "code_version": __version__,
@@ -384,17 +349,34 @@ def evaluate(
             "measure that speaker)",
             "not_found": "faces where a detector found no face are counted per condition and left "
             "out of that condition's metrics",
+            "diversity": "per clip with K >= 2 generated faces: the mean over its K(K-1)/2 pairs "
+            "of 100*(1 - cos) between L2-normalised features (found faces only); 0 = identical "
+            "faces; n/a with K = 1; then mean over speakers with the bootstrap",
         },
         "features": {},
         "attributes": {},
     }
-    for name, extractor in features.items():
-        log.info("scoring features: %s", name)
-        result["features"][name] = score_features(extractor, faces, clips, settings)
-    for name, estimator in attributes.items():
-        log.info("scoring attributes: %s", name)
-        result["attributes"][name] = score_attributes(estimator, faces, clips, settings)
+    per_speaker: dict[str, dict[str, float]] = {}
+    for kind, scorers, score in (
+        ("features", features, score_features),
+        ("attributes", attributes, score_attributes),
+    ):
+        for name, scorer in scorers.items():
+            log.info("scoring %s: %s", kind, name)
+            sink: dict[str, dict[str, float]] = {}
+            result[kind][name] = score(scorer, faces, clips, settings, per_speaker=sink)
+            per_speaker |= {f"{kind}/{name}/{k}": v for k, v in sink.items()}
     result |= score_fidelity(faces, clips, features, attributes, settings, reconstructor)
+    write_json(
+        out / "per_speaker.json",
+        {
+            "condition": "model",
+            "convention": "KIND/NETWORK/METRIC → {speaker: the speaker's mean}: the values "
+            "metrics.json's model rows average and bootstrap over speakers",
+            "values": per_speaker,
+        },
+        indent=None,
+    )
     write_json(out / "metrics.json", result, indent=1)
     write_report(result, clips, faces, out, settings)
     return result

@@ -39,6 +39,7 @@ from scldm.evaluation.clips import Clip, EvalSettings
 from scldm.evaluation.evaluate import Faces, batched_features, score_attributes
 from scldm.evaluation.metrics import psnr, summarise
 from scldm.evaluation.realism import kid, speaker_halves, two_sample_test
+from scldm.faces import center_crop_resize, to_pil, to_tensor
 from scldm.models.face_encoder import FaceEncoder
 
 log = logging.getLogger(__name__)
@@ -180,13 +181,24 @@ class FaceReconstructor:
 
     @torch.no_grad()
     def __call__(self, faces: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-        """faces (B, 3, H, W) in [-1, 1] → reconstructions (B, 3, H, W) in [-1, 1]."""
+        """faces (B, 3, H, W) in [-1, 1] → reconstructions (B, 3, H, W) in [-1, 1]. Faces at
+        another size than the decoder's are resized to it and back (Lanczos, like the scoring
+        size's resizing)."""
         device = next(self.decoder.parameters()).device
+        size, scored = int(self.decoder.config.image_size), faces.shape[-1]
         parts = []
         for i in range(0, len(faces), batch_size):
-            x = faces[i : i + batch_size].to(device=device, dtype=torch.float32)
-            parts.append(self.decoder(self.encoder.encode(x)).float().cpu())
+            x = _resized(faces[i : i + batch_size], size)
+            x = x.to(device=device, dtype=torch.float32)
+            parts.append(_resized(self.decoder(self.encoder.encode(x)).float().cpu(), scored))
         return torch.cat(parts)
+
+
+def _resized(faces: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, 3, H, W) in [-1, 1] at size × size, by PIL's Lanczos (unchanged when already so)."""
+    if faces.shape[-1] == size and faces.shape[-2] == size:
+        return faces
+    return torch.stack([to_tensor(center_crop_resize(to_pil(f), size)) for f in faces])
 
 
 def load_reconstructor(path: Path, decoder: Any) -> FaceReconstructor:

@@ -13,12 +13,16 @@ protocol):
   L1 = Σ|a − b|, L2 = ‖a − b‖₂, cosine = 100·(1 − cos(a, b)); on raw features and on
   L2-normalised features (then L2 = √(2·(1 − cos)), and L1 is scale-free);
 - every value is a mean over speakers of per-speaker means (`mean_by_group`), so a speaker with
-  many clips counts once; its 95 % interval is a percentile bootstrap over speakers.
+  many clips counts once; its 95 % interval is a percentile bootstrap over speakers;
+- diversity: the mean pairwise 100·(1 − cos) between the K faces made for one clip
+  (`pairwise_diversity`), on L2-normalised features;
+- a difference between two models on the same clips is bootstrapped over the same speakers
+  (`paired_bootstrap`: each resample takes both models' values of the speakers it draws).
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -199,6 +203,27 @@ def age_errors(pred: Sequence[float | None], true: Sequence[float | None]) -> np
     )
 
 
+def pairwise_diversity(features: torch.Tensor, found: torch.Tensor | None = None) -> np.ndarray:
+    """Mean pairwise cosine distance 100·(1 − cos(a, b)) between the K faces of each item.
+
+    features: (N, K, D), the K faces of item i in row i; found: (N, K) bool, faces a detector
+    missed are left out. Returns (N,): the mean over the found pairs, NaN where fewer than two
+    faces were found. 0 when an item's faces are identical (up to scale).
+    """
+    f = F.normalize(features.double(), dim=-1)  # (N, K, D)
+    ok = torch.ones(f.shape[:2], dtype=torch.bool) if found is None else found.bool()
+    dist = 100 * (1 - f @ f.transpose(1, 2))  # (N, K, K)
+    same = (f[:, :, None] == f[:, None, :]).all(-1)  # identical faces: exactly 0, not ~1e-14
+    dist = torch.where(same, 0.0, dist)
+    k = f.shape[1]
+    pair = torch.triu(torch.ones(k, k, dtype=torch.bool), diagonal=1)  # each pair once
+    use = pair & ok[:, :, None] & ok[:, None, :]  # (N, K, K)
+    total = torch.where(use, dist, 0.0).sum((1, 2))
+    count = use.sum((1, 2))
+    out = torch.where(count > 0, total / count.clamp_min(1), torch.nan)
+    return out.clamp_min(0.0).numpy()  # rounding can dip a near-identical pair below 0
+
+
 # --- Aggregation over speakers ----------------------------------------------------------------
 
 
@@ -231,6 +256,27 @@ def summarise(
         "items": int(np.isfinite(values).sum()),
         "missing": int((~np.isfinite(values)).sum()),
     }
+
+
+def paired_bootstrap(
+    a: Mapping[str, float],
+    b: Mapping[str, float],
+    *,
+    resamples: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> dict[str, float | int | list[float]]:
+    """The mean over speakers of a − b and its paired percentile bootstrap interval.
+
+    a, b: per-speaker values ({speaker: value}) of two models on the same clips. Only speakers
+    with a finite value in both count; each resample draws speakers with replacement and takes
+    both models' values of the same speakers, so what the two share (a hard speaker) cancels.
+    Returns {"value", "ci": [low, high], "speakers"}; NaNs when no speaker is shared.
+    """
+    shared = sorted(s for s in a.keys() & b.keys() if np.isfinite(a[s]) and np.isfinite(b[s]))
+    diff = np.array([a[s] - b[s] for s in shared], float)
+    mean, low, high = bootstrap_ci(diff, resamples=resamples, level=level, seed=seed)
+    return {"value": mean, "ci": [low, high], "speakers": len(shared)}
 
 
 # --- Probes and reconstruction ----------------------------------------------------------------

@@ -30,21 +30,34 @@ def fmt(m: Mapping[str, Any] | None, digits: int = 2, scale: float = 1.0) -> str
 
 def feature_table(name: str, res: Mapping[str, Any]) -> str:
     """The paper's Table 2 layout for one feature network: L1, L2, cosine on L2-normalised
-    features against the clip's face, then retrieval."""
+    features against the clip's face, then retrieval, then the diversity of a clip's faces."""
     lines = [
-        f"| {name} | L1 ↓ | L2 ↓ | cos ×100 ↓ | cos ×100 to speaker mean ↓ | R@1 | R@5 | R@10 |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| {name} | L1 ↓ | L2 ↓ | cos ×100 ↓ | cos ×100 to speaker mean ↓ | R@1 | R@5 | R@10 "
+        "| diversity |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for cond in CONDITIONS:
         m = res.get(cond)
         if m is None:
-            lines.append(f"| {cond} | n/a | n/a | n/a | n/a | n/a | n/a | n/a |")
+            lines.append(f"| {cond} |" + " n/a |" * 8)
             continue
         cells = [fmt(m[f"{d}/l2norm/clip"]) for d in DISTANCES]
         cells.append(fmt(m["cos/l2norm/speaker"]))
         cells += [fmt(m[f"R@{k}"], 1, 100) for k in (1, 5, 10)]
+        cells.append(fmt(m.get("diversity")))
         lines.append(f"| {cond} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def method_lines(method: Mapping[str, Any] | None) -> list[str]:
+    """The method's title and its deviations from the published method, as report lines."""
+    if not method or not method.get("title"):
+        return []
+    lines = [f"Method: **{method['title']}**."]
+    if method.get("deviations"):
+        lines += ["", "Deviations from the published method:", ""]
+        lines += [f"- {d}" for d in method["deviations"]]
+    return [*lines, ""]
 
 
 def attribute_table(name: str, res: Mapping[str, Any]) -> str:
@@ -204,6 +217,7 @@ def write_report(
     grid = sample_grid(clips, faces, settings.num_images, out / "samples.png")
     plot = _plot(result, out / "metrics.png")
     c = result["counts"]
+    scoring = result.get("scoring", {})
     lines = [
         "# Evaluation",
         "",
@@ -211,12 +225,15 @@ def write_report(
         f"split `{settings.split}`: {c['clips']} clips of {c['speakers']} speakers, "
         f"{settings.num_images} generated face(s) per clip (seed {settings.seed}). Generation: "
         + ", ".join(f"{k} {v}" for k, v in result["model"].items() if k not in ("name", "path"))
-        + ".",
+        + f". Scored at {scoring.get('image_size', '?')} px (generated at "
+        f"{scoring.get('generated_size', '?')} px, resized with Lanczos).",
         "",
+        *method_lines(result.get("method")),
         "Every cell is `value [95 % CI]`: the mean over speakers, with a bootstrap over speakers. "
         "Rows: **model** (generated vs the clip's true face), **floor** (another true image of "
         "the same speaker: what a perfect model scores) and **chance** (a true face of a "
-        "randomly paired speaker). Conventions in full are in metrics.json.",
+        "randomly paired speaker). Diversity: the mean pairwise cos ×100 between a clip's "
+        "generated faces (n/a with one face a clip). Conventions in full are in metrics.json.",
         "",
     ]
     for name, res in result["features"].items():
