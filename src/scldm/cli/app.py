@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from scldm import __version__
-from scldm.cli import generate, prepare, train
+from scldm.cli import compare, generate, prepare, train
 from scldm.cli.options import Command, add_commands
 from scldm.errors import InputError
 
@@ -22,6 +22,7 @@ COMMANDS: tuple[Command, ...] = (
     generate.GENERATE,
     generate.EVALUATE,
     train.ABLATE,
+    compare.COMPARE,
 )
 
 
