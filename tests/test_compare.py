@@ -25,14 +25,9 @@ from scldm.evaluation.clips import EvalSettings
 from scldm.evaluation.metrics import paired_bootstrap
 from scldm.evaluation.synthvox_oracle import SynthVoxOracle
 from scldm.experiments import compare as compare_mod
-from scldm.experiments.compare import (
-    Model,
-    compare,
-    log_seconds,
-    parse_model,
-    route_overrides,
-    train_models,
-)
+from scldm.experiments import compare_runs
+from scldm.experiments.compare import Model, compare, log_seconds, parse_model
+from scldm.experiments.compare_runs import route_overrides, train_models
 from test_evaluate import LookupAttributes, PixelFeatures
 
 MAX_CLIPS = 8
@@ -177,11 +172,11 @@ class FakeTrainers:
 @pytest.fixture
 def fake(monkeypatch) -> FakeTrainers:
     f = FakeTrainers()
-    monkeypatch.setattr(compare_mod, "_train_stage1", f.stage1)
-    monkeypatch.setattr(compare_mod, "_face_prior", f.prior)
-    monkeypatch.setattr(compare_mod, "_train_stage2", f.stage2)
-    config, _ = compare_mod.BASELINE_TRAINING["speech2face"]
-    monkeypatch.setitem(compare_mod.BASELINE_TRAINING, "speech2face", (config, f.speech2face))
+    monkeypatch.setattr(compare_runs, "_train_stage1", f.stage1)
+    monkeypatch.setattr(compare_runs, "_face_prior", f.prior)
+    monkeypatch.setattr(compare_runs, "_train_stage2", f.stage2)
+    config, _ = compare_runs.BASELINE_TRAINING["speech2face"]
+    monkeypatch.setitem(compare_runs.BASELINE_TRAINING, "speech2face", (config, f.speech2face))
     return f
 
 
@@ -380,10 +375,11 @@ def test_compare_train_trains_what_is_missing_then_reuses_it(setup, tmp_path, mo
     def fail(*a, **k):
         raise AssertionError("ran again")
 
-    for name in ("_train_stage1", "_face_prior", "_train_stage2", "evaluate"):
-        monkeypatch.setattr(compare_mod, name, fail)
-    config, _ = compare_mod.BASELINE_TRAINING["speech2face"]
-    monkeypatch.setitem(compare_mod.BASELINE_TRAINING, "speech2face", (config, fail))
+    for name in ("_train_stage1", "_face_prior", "_train_stage2"):
+        monkeypatch.setattr(compare_runs, name, fail)
+    monkeypatch.setattr(compare_mod, "evaluate", fail)
+    config, _ = compare_runs.BASELINE_TRAINING["speech2face"]
+    monkeypatch.setitem(compare_runs.BASELINE_TRAINING, "speech2face", (config, fail))
     assert main([*argv, "-o", str(out)]) == 0
 
 

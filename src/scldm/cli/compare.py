@@ -108,7 +108,8 @@ def _options(p: argparse.ArgumentParser) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from scldm.evaluation.evaluate import EvalSettings
-    from scldm.experiments.compare import check_models, compare, parse_model, train_models
+    from scldm.experiments.compare import check_models, compare, parse_model
+    from scldm.experiments.compare_runs import train_models
 
     require_dataset(args.data)
     given = [parse_model(t) for t in args.models]

@@ -133,7 +133,7 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
-def _check_same_config(run: Path, cfg: Any) -> None:
+def check_same_config(run: Path, cfg: Any) -> None:
     """A run folder that already holds another config is refused, never silently reused."""
     path = run / "config.yaml"
     if not path.is_file():
@@ -153,6 +153,9 @@ def _check_same_config(run: Path, cfg: Any) -> None:
 
 @dataclass
 class Step:
+    """One unit of an experiment's plan (a training run, a face prior, an evaluation): what the
+    log calls it, whether its outputs exist already, and how to make them."""
+
     label: str
     done: Callable[[], bool]
     run: Callable[[], None]
@@ -186,7 +189,7 @@ class Ablation:
 
 def _stage1_done(cfg: EncoderStageConfig) -> bool:
     run = Path(cfg.train.output_dir)
-    _check_same_config(run, cfg)
+    check_same_config(run, cfg)
     try:
         latents.export_dir(run)
     except InputError:
@@ -196,7 +199,7 @@ def _stage1_done(cfg: EncoderStageConfig) -> bool:
 
 def _stage2_done(cfg: DiffusionStageConfig) -> bool:
     run = Path(cfg.train.output_dir)
-    _check_same_config(run, cfg)
+    check_same_config(run, cfg)
     pipe = run / "pipeline"
     return (pipe / "model_index.json").is_file() and (pipe / "prior" / "scldm_meta.json").is_file()
 

@@ -2,15 +2,11 @@
 Tables 2–3), every number with its 95 % interval, the true-face floor, chance and the
 voice-only ceiling.
 
-Two ways in, combinable:
-- trained models (`Model`: a name and a pipeline folder), each evaluated by
-  `scldm.evaluation.evaluate.evaluate` into `OUT/<name>/` (the images and an evaluation with the
-  same settings are reused, so a rerun resumes and an unchanged one evaluates nothing);
-- `train_models`: methods × seeds trained with their presets where missing, in
-  `OUT/runs/scldm/seed<K>/{encoders,ldm}` (stage 1, its face prior, stage 2) and
-  `OUT/runs/<baseline>/seed<K>` (`scldm train-baseline`'s run); a run whose
-  `pipeline/model_index.json` exists is reused (after checking that its config.yaml holds the
-  same settings), an unfinished one continues from its newest checkpoint.
+The models (`Model`: a name and a pipeline folder) are given with `--model NAME=DIR`
+(`parse_model`), trained by `compare_runs.train_models` (`--train`), or both. `compare`
+evaluates each with `scldm.evaluation.evaluate.evaluate` into `OUT/<name>/` (the images and an
+evaluation with the same settings are reused, so a rerun resumes and an unchanged one evaluates
+nothing) and reads each model's training minutes from its runs' logs.
 
 Every model is scored on the same clips, at the same size, with the same seeds, so two models
 can be compared speaker by speaker: `compare_report` writes the table, the paired differences
@@ -23,25 +19,20 @@ import dataclasses
 import json
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from scldm.config import DiffusionStageConfig, EncoderStageConfig, load_config, resolve_preset
 from scldm.data.manifest import MANIFEST_NAME
 from scldm.errors import InputError
 from scldm.evaluation.evaluate import EvalSettings, evaluate
 from scldm.evaluation.generators import describe, load_generator, unknown_pipeline
-from scldm.experiments.ablate import Step
-from scldm.experiments.ablate import _check_same_config as check_same_config
 
 log = logging.getLogger("scldm.compare")
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
-# a training session starts with one of these lines in RUN/log.txt (scldm.training.checkpoint)
-SESSION_START = ("resumed from ", "starting from step 0")
 
 
 @dataclass(frozen=True)
@@ -68,192 +59,11 @@ def parse_model(text: str) -> Model:
     return Model(name=name, path=Path(path))
 
 
-# --- Training ----------------------------------------------------------------------------------
-
-
-def _train_stage1(cfg: EncoderStageConfig, cpu: bool) -> None:
-    from scldm.training import encoders
-
-    encoders.train(cfg, resume="latest", cpu=cpu)
-
-
-def _face_prior(run: Path, data: Path, num_faces: int) -> None:
-    """What `scldm prior` does."""
-    from scldm.training import latents
-
-    latents.face_prior(latents.load_encoders(run), data, num_faces=num_faces, recompute=True)
-
-
-def _train_stage2(cfg: DiffusionStageConfig, encoders: Path, cpu: bool) -> None:
-    from scldm.training import diffusion
-
-    diffusion.train(cfg, encoders, resume="latest", cpu=cpu)
-
-
-def _speech2face_config() -> type:
-    from scldm.config import Speech2FaceConfig
-
-    return Speech2FaceConfig
-
-
-def _train_speech2face(cfg: Any, cpu: bool) -> None:
-    from scldm.training import speech2face
-
-    speech2face.train(cfg, resume="latest", cpu=cpu)
-
-
-# baseline → (its config class, its trainer); the preset folder is configs/baselines/<name>/
-BASELINE_TRAINING: dict[str, tuple[Callable[[], type], Callable[[Any, bool], None]]] = {
-    "speech2face": (_speech2face_config, _train_speech2face),
-}
-
-
-def route_overrides(overrides: Sequence[str], methods: Sequence[str]) -> dict[str, list[str]]:
-    """`--set METHOD.KEY=VALUE` → {method: [KEY=VALUE]}; SCLDM's keys name their stage:
-    `scldm.pretrain.train.max_steps=400`, `scldm.train.train.max_steps=600`."""
-    routed: dict[str, list[str]] = {m: [] for m in methods}
-    for text in overrides:
-        method, dot, rest = text.partition(".")
-        if not dot or method not in routed:
-            raise InputError(
-                None,
-                f"--set {text}: start with the method it is for ({', '.join(methods)}), e.g. "
-                "--set speech2face.train.max_steps=200 or --set scldm.train.train.max_steps=600",
-            )
-        if method == "scldm" and rest.partition(".")[0] not in ("pretrain", "train"):
-            raise InputError(
-                None,
-                f"--set {text}: say which SCLDM stage, scldm.pretrain.KEY=V (stage 1) or "
-                "scldm.train.KEY=V (stage 2)",
-            )
-        routed[method].append(rest)
-    return routed
-
-
-def _config(cls: type, preset: str, stage: str, overrides: Sequence[str], what: str) -> Any:
-    try:
-        return load_config(cls, preset, overrides, stage=stage)
-    except InputError as e:
-        raise InputError(e.path, f"{e.problem} ({what})") from None
-
-
-def _pipeline_done(run: Path) -> bool:
-    return (run / "pipeline" / "model_index.json").is_file()
-
-
-def _scldm_steps(
-    preset: str, data: Path, run: Path, seed: int, overrides: Sequence[str], cpu: bool
-) -> tuple[list[Step], Model]:
-    pre = [o.partition(".")[2] for o in overrides if o.startswith("pretrain.")]
-    tra = [o.partition(".")[2] for o in overrides if o.startswith("train.")]
-    enc_run, ldm_run = run / "encoders", run / "ldm"
-    common = [f"data.root={data}", f"train.seed={seed}"]
-    enc = _config(
-        EncoderStageConfig,
-        preset,
-        "pretrain",
-        [*pre, *common, f"train.output_dir={enc_run}"],
-        "scldm.pretrain overrides",
-    )
-    ldm = _config(
-        DiffusionStageConfig,
-        preset,
-        "train",
-        [*tra, *common, f"train.output_dir={ldm_run}"],
-        "scldm.train overrides",
-    )
-    check_same_config(enc_run, enc)
-    check_same_config(ldm_run, ldm)
-    finished = _pipeline_done(ldm_run)
-    exported = enc_run / "export" / "speech_encoder" / "config.json"
-    prior = enc_run / "prior" / "prior.safetensors"
-    steps = [
-        Step(
-            f"SCLDM seed {seed}: stage 1, {enc.train.max_steps} steps → {enc_run}",
-            lambda: finished or (exported.is_file() and (enc_run / "metrics.json").is_file()),
-            lambda: _train_stage1(enc, cpu),
-        ),
-        Step(
-            f"SCLDM seed {seed}: face prior of {enc_run}",
-            lambda: finished or prior.is_file(),
-            lambda: _face_prior(enc_run, data, ldm.prior_faces),
-        ),
-        Step(
-            f"SCLDM seed {seed}: stage 2, {ldm.train.max_steps} steps → {ldm_run}",
-            lambda: _pipeline_done(ldm_run),
-            lambda: _train_stage2(ldm, enc_run, cpu),
-        ),
-    ]
-    model = Model(f"scldm-seed{seed}", ldm_run / "pipeline", "scldm", seed, (enc_run, ldm_run))
-    return steps, model
-
-
-def _baseline_steps(
-    method: str, preset: str, data: Path, run: Path, seed: int, overrides: Sequence[str], cpu: bool
-) -> tuple[list[Step], Model]:
-    config_class, trainer = BASELINE_TRAINING[method]
-    ovr = [*overrides, f"data.root={data}", f"train.output_dir={run}", f"train.seed={seed}"]
-    cfg = _config(config_class(), preset, f"baselines/{method}", ovr, f"{method} overrides")
-    check_same_config(run, cfg)
-    step = Step(
-        f"{method} seed {seed}: train-baseline → {run}",
-        lambda: _pipeline_done(run),
-        lambda: trainer(cfg, cpu),
-    )
-    return [step], Model(f"{method}-seed{seed}", run / "pipeline", method, seed, (run,))
-
-
-def train_models(
-    methods: Sequence[str],
-    seeds: Sequence[int],
-    *,
-    data: str | Path,
-    out: str | Path,
-    preset: str = "small",
-    overrides: Sequence[str] = (),
-    cpu: bool = False,
-) -> list[Model]:
-    """Train what is missing of `methods` × `seeds` under OUT/runs/ (see the module doc) and
-    return their models, named `<method>-seed<K>`. Every config is loaded (and a run folder
-    with other settings refused) before anything trains."""
-    data, out = Path(data).resolve(), Path(out).resolve()
-    methods = list(dict.fromkeys(methods))
-    unknown = [m for m in methods if m != "scldm" and m not in BASELINE_TRAINING]
-    if unknown or not methods:
-        known = ", ".join(["scldm", *BASELINE_TRAINING])
-        raise InputError(None, f"--train {','.join(methods)}: methods to train are {known}")
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise InputError(None, f"--seeds needs distinct seeds, got {list(seeds)}")
-    if Path(preset).suffix in (".yaml", ".yml"):
-        raise InputError(preset, "compare --train takes a preset name (tiny, small, base)")
-    routed = route_overrides(overrides, methods)
-    steps: list[Step] = []
-    models: list[Model] = []
-    for method in methods:
-        stage = "pretrain" if method == "scldm" else f"baselines/{method}"
-        resolve_preset(stage, preset)  # an unknown name: the error lists the known ones
-        for seed in seeds:
-            if method == "scldm":
-                run = out / "runs" / "scldm" / f"seed{seed}"
-                s, m = _scldm_steps(preset, data, run, seed, routed[method], cpu)
-            else:
-                run = out / "runs" / method / f"seed{seed}"
-                s, m = _baseline_steps(method, preset, data, run, seed, routed[method], cpu)
-            steps += s
-            models.append(m)
-    for i, step in enumerate(steps, 1):
-        head = f"[train {i}/{len(steps)}] {step.label}"
-        if step.done():
-            log.info("%s: done earlier, reused", head)
-            continue
-        log.info("%s …", head)
-        step.run()
-    return models
-
-
 # --- Training time -----------------------------------------------------------------------------
 
 
+# a training session starts with one of these lines in RUN/log.txt (scldm.training.checkpoint)
+SESSION_START = ("resumed from ", "starting from step 0")
 STEP_LINE = re.compile(r"^step \d+ ")
 
 
