@@ -3,8 +3,8 @@ options and calls one library function.
 
 Modules: `app` (the table, the parser and `main`), `options` (the option groups several commands
 share: run, sampling, data, prepare), `prepare`, `train` (synthvox-oracle, pretrain, prior, train,
-ablate) and `generate` (generate, evaluate). Nothing heavy is imported until a command runs, so
-`scldm --help` and `scldm COMMAND --help` answer at once.
+train-baseline, ablate), `generate` (generate, evaluate) and `compare`. Nothing heavy is imported
+until a command runs, so `scldm --help` and `scldm COMMAND --help` answer at once.
 """
 
 from scldm.cli.app import COMMANDS, build_parser, main
