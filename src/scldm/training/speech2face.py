@@ -455,48 +455,58 @@ def _val_batches(dataset: SpeechFaceDataset | None, cfg: Speech2FaceConfig):
     yield from (b for b in loader if b is not None)
 
 
+def _one_per_speaker(speakers: torch.Tensor, n: int) -> list[int]:
+    """Rows of the first clip of each of the first `n` speakers: the grids show n people."""
+    seen: dict[int, int] = {}
+    for row, speaker in enumerate(speakers.tolist()):
+        seen.setdefault(speaker, row)
+    return list(seen.values())[:n]
+
+
 @torch.no_grad()
 def _validate_teacher(teacher, dataset, cfg, phase_dir, step) -> dict[str, float]:
-    """Face → face R@1 among the validation faces: is each face's nearest other face (cosine of
-    fc7) one of the same speaker? The grid: face | its nearest other face."""
-    faces, feats, speakers = [], [], []
+    """Face → face R@1 among the validation faces: is each face's nearest other image (cosine
+    of fc7; the same image of another clip does not count) one of the same speaker? The grid:
+    face | its nearest other image."""
+    faces, feats, speakers, images = [], [], [], []
     device = next(teacher.parameters()).device
     for batch in _val_batches(dataset, cfg):
         faces.append(batch["face"])
         feats.append(F.normalize(teacher.embed(batch["face"].to(device)), dim=1))
         speakers.append(batch["speaker"])
+        images += [dataset.rows[i]["face"] for i in batch["index"].tolist()]
     if not feats:
         return {}
     f, s = torch.cat(feats), torch.cat(speakers).to(device)
-    sim = f @ f.T
-    sim.fill_diagonal_(-2)
+    ids = {path: k for k, path in enumerate(dict.fromkeys(images))}
+    image = torch.tensor([ids[p] for p in images], device=device)
+    same_image = image[:, None] == image[None]
+    sim = (f @ f.T).masked_fill(same_image, -2)
     nearest = sim.argmax(1)
-    has_pair = (s[:, None] == s[None]).sum(1) > 1
+    has_pair = ((s[:, None] == s[None]) & ~same_image).any(1)
     hits = (s[nearest] == s).float()[has_pair]
     faces = torch.cat(faces)
-    pairs = [
-        t for i in range(min(cfg.eval.grid_size, len(faces))) for t in (faces[i], faces[nearest[i]])
-    ]
-    _save_grid(pairs, 2, phase_dir, step)
+    rows = _one_per_speaker(s, cfg.eval.grid_size)
+    _save_grid([t for i in rows for t in (faces[i], faces[nearest[i]])], 2, phase_dir, step)
     return {"val/face_R@1": hits.mean().item()} if len(hits) else {}
 
 
 @torch.no_grad()
 def _validate_decoder(decoder, teacher, dataset, cfg, phase_dir, step) -> dict[str, float]:
     """PSNR of the decoded validation faces, and the grid true | decoded."""
-    errors, rows = [], []
+    faces, decoded, speakers = [], [], []
+    device = next(decoder.parameters()).device
     for batch in _val_batches(dataset, cfg):
-        face = batch["face"].to(next(decoder.parameters()).device)
-        decoded = decoder(teacher.embed(face))
-        errors.append(((decoded - face) / 2).pow(2).flatten(1).mean(1))
-        if not rows:
-            rows = [t for pair in zip(face, decoded, strict=True) for t in pair][
-                : 2 * cfg.eval.grid_size
-            ]
-    if not errors:
+        face = batch["face"].to(device)
+        faces.append(face)
+        decoded.append(decoder(teacher.embed(face)))
+        speakers.append(batch["speaker"])
+    if not faces:
         return {}
-    _save_grid(rows, 2, phase_dir, step)
-    mse = torch.cat(errors)
+    faces, decoded = torch.cat(faces), torch.cat(decoded)
+    rows = _one_per_speaker(torch.cat(speakers), cfg.eval.grid_size)
+    _save_grid([t for i in rows for t in (faces[i], decoded[i])], 2, phase_dir, step)
+    mse = ((decoded - faces) / 2).pow(2).flatten(1).mean(1)
     return {"val/psnr": (10 * torch.log10(1 / mse.clamp_min(1e-10))).mean().item()}
 
 
@@ -504,20 +514,22 @@ def _validate_decoder(decoder, teacher, dataset, cfg, phase_dir, step) -> dict[s
 def _validate_voice(voice, frontend, teacher, decoder, dataset, cfg, phase_dir, step):
     """cos(v_s, v_f) on the validation clips (whole segments, as at inference), and the grid
     true face | decoder(v_f) | decoder(v_s)."""
-    cosines, rows = [], []
+    faces, v_faces, v_voices, speakers = [], [], [], []
     device = next(voice.parameters()).device
     for batch in _val_batches(dataset, cfg):
         face = batch["face"].to(device)
-        v_face = teacher.embed(face)
-        v_voice = voice(frontend(batch["waveform"].to(device)))
-        cosines.append(F.cosine_similarity(v_voice, v_face, dim=1))
-        if not rows:
-            triples = zip(face, decoder(v_face), decoder(v_voice), strict=True)
-            rows = [t for triple in triples for t in triple][: 3 * cfg.eval.grid_size]
-    if not cosines:
+        faces.append(face)
+        v_faces.append(teacher.embed(face))
+        v_voices.append(voice(frontend(batch["waveform"].to(device))))
+        speakers.append(batch["speaker"])
+    if not faces:
         return {}
-    _save_grid(rows, 3, phase_dir, step)
-    return {"val/cos": torch.cat(cosines).mean().item()}
+    faces, v_face, v_voice = torch.cat(faces), torch.cat(v_faces), torch.cat(v_voices)
+    rows = _one_per_speaker(torch.cat(speakers), cfg.eval.grid_size)
+    pick = torch.tensor(rows, device=device)
+    triples = zip(faces[pick], decoder(v_face[pick]), decoder(v_voice[pick]), strict=True)
+    _save_grid([t for triple in triples for t in triple], 3, phase_dir, step)
+    return {"val/cos": F.cosine_similarity(v_voice, v_face, dim=1).mean().item()}
 
 
 def _save_grid(faces: list[torch.Tensor], ncols: int, phase_dir: Path, step: int) -> None:
