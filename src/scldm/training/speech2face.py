@@ -547,7 +547,7 @@ def _export(accelerator, cfg, run_dir, frontend, voice, decoder, metrics) -> Pat
         preset = cfg.voice_encoder.get("preset")
         note = None
         if preset != "base":
-            note = f"networks at the {preset!r} preset's widths, not Table 1's (the base preset has those)"
+            note = f"networks at the {preset!r} preset's widths, not Table 1's (preset base)"
         method = {
             "name": "speech2face",
             "title": TITLE,
