@@ -142,7 +142,7 @@ def test_voice_encoder_overfits_four_pairs():
     v_f = torch.relu(torch.randn(4, 32))  # fc7-like targets: non-negative, norm ≈ 4
     weights = {"decoder_l1": 1.0, "feature_l2": 0.025, "distill": 200.0}
     opt = torch.optim.Adam(voice.parameters(), lr=1e-3, betas=(0.5, 0.999), eps=1e-4)
-    for _ in range(300):
+    for _ in range(500):
         v_s = voice(spec)
         loss, _ = s2f_loss(
             decoder.hidden(v_f), decoder.hidden(v_s), v_f, v_s,

@@ -321,7 +321,7 @@ class ColeDecoder(ModelMixin, ConfigMixin):
     def hidden(self, features: torch.Tensor) -> torch.Tensor:
         """f_dec(v): the decoder's first layer (B, hidden_dim), before its ReLU. The paper does
         not say which side; after the ReLU the loss is blind to the units it zeroes, and four
-        voice/face pairs did not overfit in 600 steps (before it: cos > 0.95 in 300)."""
+        voice/face pairs did not overfit in 600 steps (before it: cos > 0.95 in 500)."""
         return self.f_dec(features)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
