@@ -41,6 +41,7 @@ from scldm.training.loop import (
     global_batch,
     log_scalars,
     make_accelerator,
+    maybe_split,
     optimizer_step,
     plot_scalars,
     progress_bar,
@@ -163,7 +164,7 @@ def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = Fal
         cfg.train.max_steps,
         device,
     )
-    val_ds = _maybe_split(cfg, frontend, cfg.eval.split)
+    val_ds = maybe_split(cfg.data, frontend, cfg.eval.split)
     if val_ds is not None and cfg.data.in_memory and accelerator.is_main_process:
         val_ds.load_into_memory()  # validated every eval_every steps, on the main process
     bar = progress_bar(accelerator, cfg.train, state.step, "pretrain")
@@ -233,16 +234,6 @@ def _perceptual(cfg: EncoderStageConfig, device: torch.device):
     return LPIPS(backbone_weights=cfg.lpips_weights).to(device).eval().requires_grad_(False)
 
 
-def _maybe_split(cfg: EncoderStageConfig, frontend, split: str) -> SpeechFaceDataset | None:
-    try:
-        return SpeechFaceDataset(
-            cfg.data.root, split, frontend=frontend, image_size=cfg.data.image_size
-        )
-    except InputError:
-        log.info("no %s split in %s: skipping that evaluation", split, cfg.data.root)
-        return None
-
-
 def _validate(accelerator, model, frontend, dataset, cfg, run_dir: Path, step: int) -> None:
     """On the main process: validation metrics to the logs, the reconstruction grid to
     RUN/samples/step_NNNNNNN.png."""
@@ -281,7 +272,7 @@ def export(
             module.save_pretrained(out / name)
             write_meta(out / name, run_dir, state.step)
         metrics = {"step": state.step, "logit_scale": final.logit_scale.detach().exp().item()}
-        test_ds = _maybe_split(cfg, frontend, "test")
+        test_ds = maybe_split(cfg.data, frontend, "test")
         if test_ds is not None:
             metrics |= score_export(
                 final,

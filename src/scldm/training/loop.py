@@ -20,7 +20,8 @@ from accelerate.utils import ProjectConfiguration
 from tqdm.auto import tqdm
 
 from scldm.audio import SpectrogramFrontend
-from scldm.config import TrainConfig, config_to_dict, save_config
+from scldm.config import DataConfig, TrainConfig, config_to_dict, save_config
+from scldm.data.datasets import SpeechFaceDataset
 from scldm.errors import InputError
 from scldm.io import save_figure
 from scldm.optim import set_lr
@@ -137,6 +138,17 @@ def batch_stream(
         sampler.set_epoch(epoch)
         yield from accelerator.skip_first_batches(loader, skip) if skip else loader
         epoch, skip = epoch + 1, 0
+
+
+def maybe_split(
+    data: DataConfig, frontend: SpectrogramFrontend, split: str
+) -> SpeechFaceDataset | None:
+    """The dataset of `split`, or None (logged) when the prepared folder has no such split."""
+    try:
+        return SpeechFaceDataset(data.root, split, frontend=frontend, image_size=data.image_size)
+    except InputError:
+        log.info("no %s split in %s: skipping what needs it", split, data.root)
+        return None
 
 
 def crop_samples(seconds: float | None, frontend: SpectrogramFrontend) -> int | None:

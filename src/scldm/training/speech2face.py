@@ -66,6 +66,7 @@ from scldm.training.loop import (
     due,
     log_scalars,
     make_accelerator,
+    maybe_split,
     optimizer_step,
     plot_scalars,
     progress_bar,
@@ -160,7 +161,7 @@ def train(cfg: Speech2FaceConfig, *, resume: str | None = None, cpu: bool = Fals
     )
     if cfg.data.in_memory:
         train_ds.load_into_memory(progress=accelerator.is_local_main_process)
-    val_ds = _maybe_split(cfg, frontend, cfg.eval.split)
+    val_ds = maybe_split(cfg.data, frontend, cfg.eval.split)
     teacher, decoder, voice = build_networks(cfg, len(train_ds.speakers))
     log.info(
         "speech2face: %d train clips of %d speakers; teacher %s, %d + %d + %d steps",
@@ -220,16 +221,6 @@ def train(cfg: Speech2FaceConfig, *, resume: str | None = None, cpu: bool = Fals
     )
     metrics["voice"] = fit.last_validation
     return _export(accelerator, cfg, run_dir, frontend, voice, decoder, metrics)
-
-
-def _maybe_split(cfg: Speech2FaceConfig, frontend, split: str) -> SpeechFaceDataset | None:
-    try:
-        return SpeechFaceDataset(
-            cfg.data.root, split, frontend=frontend, image_size=cfg.data.image_size
-        )
-    except InputError:
-        log.info("no %s split in %s: no validation", split, cfg.data.root)
-        return None
 
 
 class _Fitter:
