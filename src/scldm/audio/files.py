@@ -1,9 +1,5 @@
-"""Audio I/O and the Speech2Face spectrogram front end.
-
-`load_audio` returns 16 kHz mono float32 for any file soundfile or ffmpeg can read, reading only
-the seconds asked for. `SpectrogramFrontend` turns waveforms into the paper's input: the first
-6 s (looped when shorter), STFT (Hann 400, hop 160, n_fft 512, no centring), then the power-law
-compression sign(x)·|x|^0.3 of the real and imaginary parts (Speech2Face, Oh et al. 2019, §3).
+"""Reading audio: `load_audio` (16 kHz mono float32 from any file soundfile or ffmpeg reads,
+only the seconds asked for), the checks every pipeline input passes, looping and cropping.
 
 Resampling uses soxr (libsoxr's "HQ" band-limited polyphase filter, the default of librosa and
 of torchaudio's sox backend): it is alias-free to within -100 dB, runs in C at hundreds of times
@@ -22,8 +18,6 @@ import numpy as np
 import soundfile as sf
 import soxr
 import torch
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
 
 from scldm.errors import InputError
 
@@ -131,92 +125,15 @@ def random_crop(
     return waveform.gather(1, index.to(waveform.device))
 
 
-# --- Front end -------------------------------------------------------------------------------
-
-
-class SpectrogramFrontend(ModelMixin, ConfigMixin):
-    """Waveform → power-law compressed complex STFT, the Speech2Face input.
-
-    (B, S) float waveforms → (B, 2, F, T) with F = n_fft // 2 + 1 and
-    T = 1 + (S - win_length) // hop_length; (2, 257, 598) for 6 s at 16 kHz with the defaults.
-    Frames are win_length samples long, windowed, and zero-padded to n_fft for the FFT, as in
-    the `tf.signal.stft(frame_length=400, frame_step=160, fft_length=512)` Speech2Face used.
-    Has no trainable weights; it is saved with every model so inference repeats training's input.
-    """
-
-    @register_to_config
-    def __init__(
-        self,
-        *,
-        sample_rate: int = SAMPLE_RATE,
-        n_fft: int = 512,
-        win_length: int = 400,
-        hop_length: int = 160,
-        segment_seconds: float = 6.0,
-        power: float = 0.3,
-    ) -> None:
-        super().__init__()
-        if win_length > n_fft:
-            raise ValueError(f"win_length {win_length} > n_fft {n_fft}")
-        # persistent, so save_pretrained writes a weights file and from_pretrained finds one
-        self.register_buffer("window", torch.hann_window(win_length))
-
-    @property
-    def segment_samples(self) -> int:
-        return round(self.config.segment_seconds * self.config.sample_rate)
-
-    @property
-    def num_frames(self) -> int:
-        return 1 + (self.segment_samples - self.config.win_length) // self.config.hop_length
-
-    def load(self, path: str | Path) -> torch.Tensor:
-        """Read a file and return its first `segment_seconds`, looped when shorter: (S,)."""
-        cfg = self.config
-        wave = load_audio(path, sample_rate=cfg.sample_rate, max_seconds=cfg.segment_seconds)
-        if wave.size < MIN_SECONDS * cfg.sample_rate:
-            raise InputError(
-                path, f"too short ({wave.size / cfg.sample_rate:.3f} s; at least {MIN_SECONDS} s)"
-            )
-        return torch.from_numpy(loop_to_length(wave, self.segment_samples))
-
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        """waveform: (B, S) or (S,) → (B, 2, F, T) compressed real/imaginary STFT."""
-        cfg = self.config
-        if waveform.dim() == 1:
-            waveform = waveform[None]
-        if waveform.shape[-1] < cfg.win_length:
-            raise ValueError(f"waveform of {waveform.shape[-1]} samples is shorter than a frame")
-        # torch.stft centres the window in each n_fft frame; padding by half the difference on
-        # both sides makes frame k window exactly samples [k·hop, k·hop + win_length)
-        half = (cfg.n_fft - cfg.win_length) // 2
-        pad = (half, cfg.n_fft - cfg.win_length - half)
-        stft = torch.stft(
-            torch.nn.functional.pad(waveform.float(), pad),
-            n_fft=cfg.n_fft,
-            hop_length=cfg.hop_length,
-            win_length=cfg.win_length,
-            window=self.window.to(waveform.device),
-            center=False,
-            return_complex=True,
-        )  # (B, F, T) complex
-        parts = torch.view_as_real(stft)  # (B, F, T, 2)
-        # sign(x)·|x|^p as exp(p·log|x|) in place: torch's pow with a float exponent is scalar
-        # code on CPU (≈8 ns/value) while log/exp are vectorised; log 0 = -inf gives exp → 0
-        compressed = parts.abs().log_().mul_(cfg.power).exp_().copysign_(parts)
-        return compressed.permute(0, 3, 1, 2)  # (B, 2, F, T)
-
-
-def waveform_from(item: AudioInput, frontend: SpectrogramFrontend) -> torch.Tensor:
-    """One pipeline input → (S,) float32 of the front end's `segment_seconds`, looped when
-    shorter: a path (read with `frontend.load`) or a 1-D waveform (numpy or tensor) at the front
-    end's sample rate. Raises `InputError` for unreadable files and malformed waveforms."""
-    if isinstance(item, str | os.PathLike):
-        return frontend.load(item)
+def waveform_array(item: object, sample_rate: int) -> np.ndarray:
+    """A pipeline's in-memory input as (S,) float32, or `InputError` (one line) when it is not a
+    finite 1-D real waveform of at least `MIN_SECONDS`."""
     if isinstance(item, torch.Tensor):
         item = item.detach().cpu().float().numpy()
     if not isinstance(item, np.ndarray):
         raise InputError(None, f"audio must be a path or a 1-D waveform, got {type(item).__name__}")
-    sample_rate = frontend.config.sample_rate
+    if item.dtype.kind not in "biuf":
+        raise InputError(None, f"a waveform must hold real numbers, got dtype {item.dtype}")
     wave = item.astype(np.float32, copy=False)
     if wave.ndim != 1:
         raise InputError(
@@ -226,4 +143,4 @@ def waveform_from(item: AudioInput, frontend: SpectrogramFrontend) -> torch.Tens
         raise InputError(None, f"waveform too short ({wave.size} samples at {sample_rate} Hz)")
     if not np.isfinite(wave).all():
         raise InputError(None, "waveform contains NaN or infinite samples")
-    return torch.from_numpy(loop_to_length(wave, frontend.segment_samples))
+    return wave

@@ -1,0 +1,31 @@
+"""Audio: reading files (`files`), the Speech2Face spectrogram front end (`spectrogram`) and
+the Wen et al. filterbank front end with voice activity detection (`fbank`). Each front end is
+a diffusers `ModelMixin` without trainable weights, saved inside every model it feeds so that
+inference repeats training's input. Everything is importable from `scldm.audio`."""
+
+from scldm.audio.fbank import MIN_SPEECH_SECONDS, FbankFrontend, vad_trim
+from scldm.audio.files import (
+    MIN_SECONDS,
+    SAMPLE_RATE,
+    AudioInput,
+    load_audio,
+    loop_to_length,
+    random_crop,
+    waveform_array,
+)
+from scldm.audio.spectrogram import SpectrogramFrontend, waveform_from
+
+__all__ = [
+    "MIN_SECONDS",
+    "MIN_SPEECH_SECONDS",
+    "SAMPLE_RATE",
+    "AudioInput",
+    "FbankFrontend",
+    "SpectrogramFrontend",
+    "load_audio",
+    "loop_to_length",
+    "random_crop",
+    "vad_trim",
+    "waveform_array",
+    "waveform_from",
+]
