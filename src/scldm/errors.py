@@ -1,4 +1,5 @@
-"""Errors a user can act on. The CLI prints them as one line and exits with status 2."""
+"""Errors a user can act on. The CLI prints them as one line and exits with status 2 (bad input)
+or 1 (a training run that diverged)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,11 @@ class InputError(ValueError):
         self.path = None if path is None else str(path)
         self.problem = problem
         super().__init__(problem if path is None else f"{path}: {problem}")
+
+
+class TrainingDiverged(RuntimeError):
+    """Training stopped because a loss became NaN or infinite. The message is one line: the
+    loss, the step and the last good checkpoint to resume from. The CLI exits with status 1."""
 
 
 def require(module: str, *, extra: str = "eval", package: str | None = None) -> ModuleType:

@@ -10,17 +10,17 @@ not the paper's is listed in `deviations()` and saved in the pipeline folder.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-from diffusers import DiffusionPipeline
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from scldm.audio import AudioInput, SpectrogramFrontend, waveform_from
+from scldm.audio import SpectrogramFrontend, waveform_from
+from scldm.baselines.pipeline import BaselinePipeline
 from scldm.errors import InputError
 from scldm.models.blocks import (
     POOL,
@@ -33,7 +33,6 @@ from scldm.models.blocks import (
     vgg_layers,
 )
 from scldm.models.face_encoder import VGGFACE_MEAN_RGB
-from scldm.models.outputs import FaceOutput, check_output_type, to_output
 
 TITLE = "Speech2Face (Oh et al., CVPR 2019)"
 
@@ -374,15 +373,15 @@ def deviations(
 # --- Pipeline --------------------------------------------------------------------------------
 
 
-class Speech2FacePipeline(DiffusionPipeline):
+class Speech2FacePipeline(BaselinePipeline):
     """Speech → face with Speech2Face: front end → voice encoder v_s → face decoder.
 
-    Called as SCLDM's pipeline, `pipe(audio | [audio], num_images_per_prompt=K,
-    generator=..., output_type=...)`, but deterministic: the K images of a voice are identical
-    and `generator` is accepted and unused. `method` (saved in model_index.json) records the
-    method's name, title, preset and deviations from the paper.
+    Called as SCLDM's pipeline (`BaselinePipeline.__call__`), but deterministic: the K images
+    of a voice are identical. `method` (saved in model_index.json) records the method's name,
+    title, preset and deviations from the paper.
     """
 
+    METHOD: ClassVar[dict[str, Any]] = {"name": "speech2face", "title": TITLE}
     model_cpu_offload_seq = "voice_encoder->face_decoder"
 
     def __init__(
@@ -396,41 +395,19 @@ class Speech2FacePipeline(DiffusionPipeline):
         self.register_modules(
             frontend=frontend, voice_encoder=voice_encoder, face_decoder=face_decoder
         )
-        info = {"name": "speech2face", "title": TITLE, "deterministic": True, "deviations": []}
-        self.register_to_config(method={**info, **(method or {})})
-
-    @property
-    def method(self) -> dict[str, Any]:
-        return dict(self.config.method)
+        self._register_method(method)
 
     @property
     def image_size(self) -> int:
         return self.face_decoder.image_size
 
-    @torch.no_grad()
-    def __call__(
-        self,
-        audio: AudioInput | Sequence[AudioInput],
-        *,
-        num_images_per_prompt: int = 1,
-        generator: torch.Generator | list[torch.Generator] | None = None,
-        output_type: str = "pil",
-    ) -> FaceOutput:
-        """Faces for voices: `audio` is a path, a 1-D waveform at the front end's sample rate
-        or a list of those; B = voices × num_images_per_prompt images, a voice's adjacent
-        (identical: the method is deterministic). Raises `InputError` for unreadable audio."""
-        check_output_type(output_type)
-        if num_images_per_prompt < 1:
-            raise InputError(None, "num_images_per_prompt must be ≥ 1")
-        items = list(audio) if isinstance(audio, list | tuple) else [audio]
-        if not items:
-            raise InputError(None, "no audio given")
+    def _faces(self, audio, num_images_per_prompt, generator) -> torch.Tensor:
         device = self._execution_device
-        waveforms = torch.stack([waveform_from(item, self.frontend) for item in items])
+        waveforms = torch.stack([waveform_from(item, self.frontend) for item in audio])
         spec = self.frontend(waveforms.to(device))
         voice = self.voice_encoder(spec.to(self.voice_encoder.dtype))  # (B, D)
         faces = self.face_decoder(voice.to(self.face_decoder.dtype))  # (B, 3, H, W)
-        return to_output(faces.repeat_interleave(num_images_per_prompt, dim=0), output_type)
+        return faces.repeat_interleave(num_images_per_prompt, dim=0)
 
 
 def num_parameters(module: nn.Module) -> int:

@@ -6,7 +6,7 @@ import logging
 import os
 import random
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,9 @@ class SpeechFaceDataset(Dataset):
         self.speakers = sorted({r["speaker_id"] for r in self.rows})
         index = {s: i for i, s in enumerate(self.speakers)}
         self.speaker_index = [index[r["speaker_id"]] for r in self.rows]
-        self._memory: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._memory: list[tuple[torch.Tensor | None, torch.Tensor]] | None = None
+        self.audio = True  # False after `drop_audio`: items hold no waveform
+        self._unusable: set[int] = set()
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -95,20 +97,32 @@ class SpeechFaceDataset(Dataset):
             )  # fmt: skip
         self._memory = memory
 
+    def drop_audio(self, unusable: Collection[int] = ()) -> None:
+        """Serve items without audio from now on (face, speaker, index, attributes) and free
+        the decoded waveforms: for a trainer that has cached what it needs of the audio. The
+        clips `unusable` (whose audio the trainer could not use) become unreadable items,
+        which `collate` skips and counts."""
+        self.audio = False
+        self._unusable = set(unusable)
+        if self._memory is not None:
+            self._memory = [m if isinstance(m, _Unreadable) else (None, m[1]) for m in self._memory]
+
     def __getitem__(self, i: int) -> dict[str, Any] | _Unreadable:
         """The clip's item, or an `_Unreadable` (which `collate` drops and counts) when its
         audio or face can no longer be read."""
         row = self.rows[i]
+        if i in self._unusable:
+            return _Unreadable(str(self.root / row["audio"]), "its audio was not usable")
         if self._memory is None:
             try:
-                waveform = self.frontend.load(self.root / row["audio"])  # (S,)
+                waveform = self.frontend.load(self.root / row["audio"]) if self.audio else None
                 face = load_face_tensor(self.root / row["face"], self.image_size)  # (3, H, W)
             except InputError as e:
                 return _Unreadable(e.path, e.problem)
         elif isinstance(self._memory[i], _Unreadable):
             return self._memory[i]
         else:
-            waveform, face = map(_unpack, self._memory[i])
+            waveform, face = (None if x is None else _unpack(x) for x in self._memory[i])
         item: dict[str, Any] = {
             "face": face,
             "speaker": self.speaker_index[i],
@@ -117,10 +131,10 @@ class SpeechFaceDataset(Dataset):
                 k: v for k, v in row.items() if k not in REQUIRED or k in ("gender", "age")
             },
         }
-        if self.return_spectrogram:
+        if waveform is not None and self.return_spectrogram:
             with torch.no_grad():
                 item["spectrogram"] = self.frontend(waveform)[0]  # (2, F, T)
-        else:
+        elif waveform is not None:
             item["waveform"] = waveform
         return item
 

@@ -11,7 +11,7 @@ settings), an unfinished one continues from its newest checkpoint. `train_models
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from scldm.config import DiffusionStageConfig, EncoderStageConfig, load_config, 
 from scldm.errors import InputError
 from scldm.experiments.ablate import Step, check_same_config
 from scldm.experiments.compare import Model
+from scldm.training.baselines import CONFIGS, baseline_trainer
 
 log = logging.getLogger("scldm.compare")
 
@@ -43,24 +44,6 @@ def _train_stage2(cfg: DiffusionStageConfig, encoders: Path, cpu: bool) -> None:
     from scldm.training import diffusion
 
     diffusion.train(cfg, encoders, resume="latest", cpu=cpu)
-
-
-def _speech2face_config() -> type:
-    from scldm.config import Speech2FaceConfig
-
-    return Speech2FaceConfig
-
-
-def _train_speech2face(cfg: Any, cpu: bool) -> None:
-    from scldm.training import speech2face
-
-    speech2face.train(cfg, resume="latest", cpu=cpu)
-
-
-# baseline → (its config class, its trainer); the preset folder is configs/baselines/<name>/
-BASELINE_TRAINING: dict[str, tuple[Callable[[], type], Callable[[Any, bool], None]]] = {
-    "speech2face": (_speech2face_config, _train_speech2face),
-}
 
 
 # --- The plan ----------------------------------------------------------------------------------
@@ -149,14 +132,14 @@ def _scldm_steps(
 def _baseline_steps(
     method: str, preset: str, data: Path, run: Path, seed: int, overrides: Sequence[str], cpu: bool
 ) -> tuple[list[Step], Model]:
-    config_class, trainer = BASELINE_TRAINING[method]
+    config_class, train = baseline_trainer(method)
     ovr = [*overrides, f"data.root={data}", f"train.output_dir={run}", f"train.seed={seed}"]
-    cfg = _config(config_class(), preset, f"baselines/{method}", ovr, f"{method} overrides")
+    cfg = _config(config_class, preset, f"baselines/{method}", ovr, f"{method} overrides")
     check_same_config(run, cfg)
     step = Step(
         f"{method} seed {seed}: train-baseline → {run}",
         lambda: _pipeline_done(run),
-        lambda: trainer(cfg, cpu),
+        lambda: train(cfg, resume="latest", cpu=cpu),
     )
     return [step], Model(f"{method}-seed{seed}", run / "pipeline", method, seed, (run,))
 
@@ -176,9 +159,9 @@ def train_models(
     with other settings refused) before anything trains."""
     data, out = Path(data).resolve(), Path(out).resolve()
     methods = list(dict.fromkeys(methods))
-    unknown = [m for m in methods if m != "scldm" and m not in BASELINE_TRAINING]
+    unknown = [m for m in methods if m != "scldm" and m not in CONFIGS]
     if unknown or not methods:
-        known = ", ".join(["scldm", *BASELINE_TRAINING])
+        known = ", ".join(["scldm", *CONFIGS])
         raise InputError(None, f"--train {','.join(methods)}: methods to train are {known}")
     if not seeds or len(set(seeds)) != len(seeds):
         raise InputError(None, f"--seeds needs distinct seeds, got {list(seeds)}")

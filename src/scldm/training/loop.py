@@ -230,7 +230,10 @@ class LogWindow:
         sps = self.count * self.batch_size * accelerator.num_processes / seconds
         means["train/samples_per_sec"] = sps
         log_scalars(accelerator, self.run_dir, means, step)
-        self.bar.set_postfix(loss=f"{means['train/loss']:.4g}", sps=f"{sps:.1f}")
+        shown = {
+            k: f"{means[f'train/{k}']:.4g}" for k in ("loss", "d", "g") if f"train/{k}" in means
+        }
+        self.bar.set_postfix(**shown, sps=f"{sps:.1f}")
         log.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in means.items()))
         self._reset()
 
