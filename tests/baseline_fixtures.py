@@ -26,3 +26,25 @@ def tiny_speech2face_pipeline(seed: int = 0):
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def tiny_wen_pipeline(seed: int = 0):
+    """A `WenPipeline` of seeded random tiny networks (16 filters, 32 px): untrained."""
+    from scldm.audio import FbankFrontend
+    from scldm.baselines.wen import (
+        GENERATOR_PRESETS,
+        VOICE_ENCODER_PRESETS,
+        WenGenerator,
+        WenPipeline,
+        WenVoiceEncoder,
+    )
+
+    torch.manual_seed(seed)
+    pipe = WenPipeline(
+        frontend=FbankFrontend(num_filters=16, segment_seconds=2.0, max_seconds=2.0),
+        voice_encoder=WenVoiceEncoder(**VOICE_ENCODER_PRESETS["tiny"]).eval(),
+        generator=WenGenerator(**GENERATOR_PRESETS["tiny"]).eval(),
+        method={"deviations": ["untrained test fixture"]},
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

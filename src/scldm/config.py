@@ -269,6 +269,44 @@ class Speech2FaceConfig:
     train_crop_seconds: float | None = None  # as EncoderStageConfig's
 
 
+@dataclass(frozen=True)
+class WenConfig:
+    """`scldm train-baseline wen`: the voice encoder e pre-trained as a speaker classifier
+    (`voice`), then frozen, then the GAN (`train` and `optim`: one Adam per network, the
+    official 2e-4, β (0.5, 0.999), constant; all loss weights 1). `voice_encoder`, `generator`
+    and `face_embedding` are the networks' constructor keywords (`preset: NAME` picks one of
+    `scldm.baselines.wen`'s presets)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(
+            lr=2e-4, betas=(0.5, 0.999), schedule="constant", grad_clip=0.0
+        )
+    )
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(ema_decay=0.0))
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    frontend: Mapping[str, Any] = field(default_factory=dict)
+    voice_encoder: Mapping[str, Any] = field(default_factory=lambda: {"preset": "small"})
+    generator: Mapping[str, Any] = field(default_factory=lambda: {"preset": "small"})
+    face_embedding: Mapping[str, Any] = field(default_factory=lambda: {"preset": "small"})
+    voice: PhaseConfig = field(
+        default_factory=lambda: PhaseConfig(
+            steps=500,
+            batch_size=64,
+            optim=OptimConfig(lr=1e-3, schedule="constant", grad_clip=0.0),
+        )
+    )
+    # e's pre-training: an additive-margin cosine classifier (logits = scale · (cos − margin
+    # for the true speaker)); see scldm.baselines.wen.SpeakerClassifier
+    voice_scale: float = 30.0
+    voice_margin: float = 0.2
+    # training voices: a random crop of crop_frames[1] filterbank frames of each clip, then one
+    # length in [crop_frames[0], crop_frames[1]] and one offset for the whole batch (official)
+    crop_frames: tuple[int, int] = (300, 800)
+    embedding_noise: float = 0.05  # σ of the noise added to the unit voice embedding in training
+    flip: bool = True  # random horizontal flips of the real faces
+
+
 def component_kwargs(mapping: Mapping[str, Any], presets: Mapping[str, dict], what: str) -> dict:
     """Constructor kwargs from a config mapping: `preset: NAME` names an architecture preset of
     the model module; the other keys override its values."""

@@ -160,6 +160,13 @@ def generator_adversarial_loss(fake: torch.Tensor) -> torch.Tensor:
     return -fake.mean()
 
 
+def bce_gan_loss(logits: torch.Tensor, real: bool) -> torch.Tensor:
+    """The non-saturating GAN loss of one side: BCE(sigmoid(logits), 1 if real else 0), computed
+    from the logits (Wen et al.: both players, real = True for the generator's fakes)."""
+    target = torch.ones_like(logits) if real else torch.zeros_like(logits)
+    return F.binary_cross_entropy_with_logits(logits, target)
+
+
 def feature_matching_loss(
     fake: list[torch.Tensor] | tuple[torch.Tensor, ...],
     real: list[torch.Tensor] | tuple[torch.Tensor, ...],

@@ -10,6 +10,7 @@ from scldm.errors import InputError
 
 BASELINES: dict[str, str] = {
     "speech2face": "scldm.baselines.speech2face:Speech2FacePipeline",
+    "wen": "scldm.baselines.wen:WenPipeline",
 }
 
 

@@ -39,7 +39,7 @@ def _options(p: argparse.ArgumentParser) -> None:
         type=_names,
         default=(),
         metavar="METHOD,...",
-        help="methods to train (what is missing) and compare: scldm, speech2face; each "
+        help="methods to train (what is missing) and compare: scldm, speech2face, wen; each "
         "--seeds seed is a run in OUT/runs/ (scldm/seed<K>/{encoders,ldm}, "
         "<baseline>/seed<K>), reused when finished and continued when interrupted (a run "
         "folder holding other settings is refused)",

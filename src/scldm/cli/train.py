@@ -101,11 +101,9 @@ def _baseline_options(p: argparse.ArgumentParser) -> None:
 
 
 def _train_baseline(args: argparse.Namespace) -> int:
-    from scldm.config import Speech2FaceConfig
-    from scldm.training.speech2face import train
+    from scldm.training.baselines import baseline_trainer
 
-    trainers = {"speech2face": (Speech2FaceConfig, train)}
-    cls, run = trainers[args.method]
+    cls, run = baseline_trainer(args.method)
     cfg = stage_config(args, cls, f"baselines/{args.method}")
     pipeline = run(cfg, resume=args.resume, cpu=args.cpu)
     print(
@@ -229,17 +227,21 @@ ABLATE = Command(
 )
 TRAIN_BASELINE = Command(
     "train-baseline",
-    "train a published baseline (speech2face) with its presets, for `scldm compare`",
+    "train a published baseline (speech2face, wen) with its presets, for `scldm compare`",
     _baseline_options,
     _train_baseline,
-    description="Speech2Face (Oh et al., CVPR 2019) in three phases, "
-    "each a folder of RUN: teacher/ (the face teacher: an identity classifier of the training "
-    "faces, or VGGFace with --config base --set teacher.weights=vgg_face_dag.pth), decoder/ "
-    "(the Cole et al. face decoder on the teacher's fc7) and voice/ (the voice encoder on the "
-    "paper's Eq. 1). Each writes scalars.jsonl, curves.png, samples/ and checkpoints/, and the "
-    "run RUN/config.yaml, log.txt, metrics.json and, at the end, RUN/pipeline/ (a "
-    "Speech2FacePipeline for `scldm generate`, `evaluate` and `compare`, with its deviations "
-    "from the paper in model_index.json). --resume latest continues where a run stopped, "
-    "reusing finished phases. The presets (tiny, small, base) are the YAML files of "
-    "scldm/configs/baselines/.",
+    description="Trains a baseline in phases, each a folder of RUN with its scalars.jsonl, "
+    "curves.png, samples/ (grids) and checkpoints/ (safetensors), then writes RUN/config.yaml, "
+    "log.txt, metrics.json and RUN/pipeline/ (for `scldm generate`, `evaluate` and `compare`, "
+    "with the method's deviations from its publication in model_index.json). "
+    "speech2face (Oh et al., CVPR 2019): teacher/ (the face teacher: an identity classifier of "
+    "the training faces, or VGGFace with --config base --set teacher.weights="
+    "vgg_face_dag.pth), decoder/ (the Cole et al. face decoder on the teacher's fc7), voice/ "
+    "(the voice encoder on the paper's Eq. 1). "
+    "wen (Wen et al., NeurIPS 2019, as its official code): voice/ (the voice encoder trained "
+    "as a speaker classifier, then frozen), gan/ (generator against a face embedding with "
+    "real/fake and identity heads; a loss that becomes NaN stops the run with exit status 1, "
+    "naming the last good checkpoint). "
+    "--resume latest continues where a run stopped, reusing finished phases. The presets "
+    "(tiny, small, base) are the YAML files of scldm/configs/baselines/<method>/.",
 )
