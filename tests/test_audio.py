@@ -251,3 +251,20 @@ def test_nan_samples(tmp_path):
     wave = tone(440.0, 0.5)
     wave[100] = np.nan
     _bad(write_wav(tmp_path / "nan.wav", wave, subtype="FLOAT"), "NaN")
+
+
+@pytest.mark.parametrize("library", ["scldm.audio", "scldm.audio.spectrogram"])
+def test_pipelines_saved_before_and_after_audio_became_a_package_load(tmp_path, library):
+    """model_index.json names a front end's module: `scldm.audio` in folders saved before the
+    package split, `scldm.audio.spectrogram` after; diffusers must find a loader in both."""
+    import json
+
+    from baseline_fixtures import tiny_speech2face_pipeline
+    from scldm.baselines.speech2face import Speech2FacePipeline
+
+    tiny_speech2face_pipeline().save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    index["frontend"] = [library, "SpectrogramFrontend"]
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    pipe = Speech2FacePipeline.from_pretrained(tmp_path)
+    assert isinstance(pipe.frontend, SpectrogramFrontend)

@@ -3,6 +3,10 @@ the Wen et al. filterbank front end with voice activity detection (`fbank`). Eac
 a diffusers `ModelMixin` without trainable weights, saved inside every model it feeds so that
 inference repeats training's input. Everything is importable from `scldm.audio`."""
 
+# diffusers finds a component's loading method by looking `ModelMixin` up in the module that
+# model_index.json names; pipelines saved before `scldm.audio` became a package name this one
+from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
+
 from scldm.audio.fbank import MIN_SPEECH_SECONDS, FbankFrontend, vad_trim
 from scldm.audio.files import (
     MIN_SECONDS,
