@@ -202,15 +202,22 @@ def build(presets: Mapping[str, Mapping[str, Any]]) -> dict[str, ModelMixin]:
 
 
 def deviations(
-    *, preset_note: str | None, ema_decay: float, pretrain_steps: int, segment_seconds: float
+    *,
+    preset_note: str | None,
+    ema_decay: float,
+    pretrain_steps: int,
+    segment_seconds: float,
+    scale: float,
+    margin: float,
 ) -> list[str]:
     """Every way a trained model departs from the official Wen et al. (saved in the pipeline
     folder, printed by `scldm evaluate`)."""
     out = [
         "voice encoder: the authors' training code for e was never released; here e is "
         "pre-trained as a speaker classifier of the training speakers, as the authors describe "
-        "it (cmu-mlsp/reconstructing_faces_from_voices#9), then frozen: a cosine classifier "
-        f"(scale 16) on its unit embedding, cross-entropy, Adam, {pretrain_steps} steps",
+        "it (cmu-mlsp/reconstructing_faces_from_voices#9), then frozen: an additive-margin "
+        f"cosine classifier (scale {scale:g}, margin {margin:g}) on its unit embedding, "
+        f"cross-entropy, Adam, {pretrain_steps} steps",
         f"front end: speech shorter than {segment_seconds:g} s after silence removal is looped "
         "as a waveform before the filterbank, so the per-utterance normalisation sees the "
         "looped signal (the official normalises, then tiles the frames to 10 s); training "

@@ -368,6 +368,8 @@ def _export(phases: Phases, cfg: WenConfig, frontend, encoder, generator, metric
             ema_decay=cfg.train.ema_decay,
             pretrain_steps=cfg.voice.steps,
             segment_seconds=frontend.config.segment_seconds,
+            scale=cfg.voice_scale,
+            margin=cfg.voice_margin,
         ),
     }
     pipe = WenPipeline(
