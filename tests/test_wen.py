@@ -389,4 +389,3 @@ def test_two_processes_through_accelerate(data, tmp_path):
         "rng_1.safetensors",
     }
     assert (run / "pipeline" / "model_index.json").is_file()
-
