@@ -114,6 +114,7 @@ def train(cfg: WenConfig, *, resume: str | None = None, cpu: bool = False) -> Pa
     check_run(run_dir, resume, WenConfig, METHOD)
     accelerator = make_accelerator(cfg.train, run_dir, cpu=cpu)
     setup_run(accelerator, cfg, run_dir, "scldm-wen")
+    log.info("wen: reading %s", cfg.data.root)  # the log's wall time then includes the reading
     train_ds = SpeechFaceDataset(
         cfg.data.root, "train", frontend=frontend, image_size=cfg.data.image_size
     )
