@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -291,17 +292,21 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
 
-def test_resume_in_a_fresh_process_equals_training_straight(data, tmp_path):
-    """Killed after step 2 of the GAN (e exported), resumed in a fresh process: every network,
-    optimizer and the state equal an uninterrupted run's, bitwise."""
+@pytest.mark.parametrize("killed_at", [2, 0], ids=["gan-step-2", "before-the-gan"])
+def test_resume_in_a_fresh_process_equals_training_straight(data, tmp_path, killed_at):
+    """Killed at GAN step 2, or after e's export before the GAN's first checkpoint, resumed in
+    a fresh process: every network, optimizer and the state equal an uninterrupted run's,
+    bitwise (d and c included, which the second case initialises afresh)."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert _train(data, straight) == 0
-    assert _train(data, resumed, "--set", "train.max_steps=2") == 0
+    assert _train(data, resumed, "--set", f"train.max_steps={killed_at}") == 0
+    if not killed_at:  # as if killed before the GAN saved anything
+        shutil.rmtree(resumed / "gan")
     args = ["train-baseline", "wen", "--data", str(data), "--out", str(resumed), *TINY]
     done = _cli(*args, "--resume", "latest")
     assert done.returncode == 0, done.stderr[-2000:]
     log = (resumed / "log.txt").read_text()
-    assert "voice: reusing" in log and "resumed from" in log
+    assert "voice: reusing" in log and ("resumed from" in log) == bool(killed_at)
     final = "gan/checkpoints/step_0000004"
     parts = ["model", "ema", "face_embedding", "discriminator", "classifier", "optimizer"]
     parts += ["face_embedding_optimizer", "discriminator_optimizer", "classifier_optimizer"]

@@ -109,7 +109,7 @@ def train(cfg: WenConfig, *, resume: str | None = None, cpu: bool = False) -> Pa
     frontend = FbankFrontend(**cfg.frontend)
     _check_crops(cfg, frontend)  # checked before anything is written
     set_seed(cfg.train.seed)  # identical initialisation on every rank
-    nets = build_networks(cfg, frontend)
+    nets = build_networks(cfg, frontend)  # d and c follow once the speakers are known
     run_dir = Path(cfg.train.output_dir)
     check_run(run_dir, resume, WenConfig, METHOD)
     accelerator = make_accelerator(cfg.train, run_dir, cpu=cpu)
@@ -126,6 +126,12 @@ def train(cfg: WenConfig, *, resume: str | None = None, cpu: bool = False) -> Pa
     if cfg.data.in_memory:
         train_ds.load_into_memory(progress=accelerator.is_local_main_process)
     num_speakers = len(train_ds.speakers)
+    # every initialisation before anything draws from the global RNG (the loaders do), so a run
+    # that resumes in its GAN phase starts d and c where an uninterrupted one does
+    d, c = heads(nets["face_embedding"].config.embedding_dim, num_speakers)
+    classifier = SpeakerClassifier(
+        nets["voice_encoder"], num_speakers, scale=cfg.voice_scale, margin=cfg.voice_margin
+    )
     frontend.to(accelerator.device)
     banks = Filterbanks(train_ds, frontend, accelerator, num_workers=cfg.data.num_workers)
     # the steps read the filterbanks; the loader serves faces, and skips clips without audio
@@ -141,9 +147,7 @@ def train(cfg: WenConfig, *, resume: str | None = None, cpu: bool = False) -> Pa
     # 1. e as a speaker classifier, then frozen
     classifier = phases.supervised(
         "voice",
-        SpeakerClassifier(
-            nets["voice_encoder"], num_speakers, scale=cfg.voice_scale, margin=cfg.voice_margin
-        ),
+        classifier,
         _speaker_loss(cfg, banks, accelerator),
         steps=cfg.voice.steps,
         batch_size=cfg.voice.batch_size,
@@ -157,7 +161,6 @@ def train(cfg: WenConfig, *, resume: str | None = None, cpu: bool = False) -> Pa
     encoder = classifier.encoder.to(accelerator.device).eval().requires_grad_(False)
 
     # 2. the GAN
-    d, c = heads(nets["face_embedding"].config.embedding_dim, num_speakers)
     trained = train_gan(
         phases,
         "gan",
