@@ -93,3 +93,16 @@ def tiny_stage1(tmp_path_factory) -> tuple[Path, Path]:
     args = ["pretrain", "--data", str(data), "--out", str(run), "--config", "tiny"]
     assert main([*args, "--set", "train.max_steps=2"]) == 0
     return data, run
+
+
+@pytest.fixture(scope="session")
+def synthvox30(tmp_path_factory) -> Path:
+    """A SynthVox set of 30 speakers × 2 clips at 32 px, made once per session (the baselines'
+    training tests)."""
+    from scldm.data.synthvox import prepare_synthvox
+
+    root = tmp_path_factory.mktemp("synthvox30") / "data"
+    prepare_synthvox(
+        root, speakers=30, clips_per_speaker=2, faces_per_speaker=2, image_size=32, workers=1
+    )
+    return root

@@ -30,7 +30,6 @@ from scldm.baselines.speech2face import (
     num_parameters,
 )
 from scldm.cli import main
-from scldm.data.synthvox import prepare_synthvox
 from scldm.errors import InputError
 from scldm.losses import s2f_loss
 
@@ -205,13 +204,9 @@ def test_unknown_baseline_is_refused():
 # --- train-baseline ----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("s2f") / "data"
-    prepare_synthvox(
-        root, speakers=30, clips_per_speaker=2, faces_per_speaker=2, image_size=32, workers=1
-    )
-    return root
+@pytest.fixture
+def data(synthvox30) -> Path:
+    return synthvox30
 
 
 def _train(data: Path, out: Path, *extra: str) -> int:

@@ -32,7 +32,6 @@ from scldm.baselines.wen import (
     heads,
 )
 from scldm.cli import main
-from scldm.data.synthvox import prepare_synthvox
 from scldm.data.synthvox.attributes import sample_speaker
 from scldm.data.synthvox.voice import synthesize_clip
 from scldm.errors import InputError
@@ -151,13 +150,9 @@ def test_generate_and_the_generator_interface_take_a_wen_pipeline(tmp_path, caps
 # --- train-baseline ----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("wen") / "data"
-    prepare_synthvox(
-        root, speakers=30, clips_per_speaker=2, faces_per_speaker=2, image_size=32, workers=1
-    )
-    return root
+@pytest.fixture
+def data(synthvox30) -> Path:
+    return synthvox30
 
 
 def _train(data: Path, out: Path, *extra: str) -> int:
@@ -190,9 +185,9 @@ def test_train_baseline_writes_a_complete_run(data, tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def four(data, tmp_path_factory) -> Path:
-    """The first 4 training speakers of `data`, 2 clips each, as a train-only dataset."""
-    root = tmp_path_factory.mktemp("four")
+def four(synthvox30, tmp_path_factory) -> Path:
+    """The first 4 training speakers of `synthvox30`, 2 clips each, as a train-only dataset."""
+    data, root = synthvox30, tmp_path_factory.mktemp("four")
     rows = [json.loads(line) for line in (data / "manifest.jsonl").read_text().splitlines()]
     speakers = sorted({r["speaker_id"] for r in rows if r["split"] == "train"})[:4]
     kept = [r for r in rows if r["speaker_id"] in speakers]
