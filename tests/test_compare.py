@@ -217,6 +217,11 @@ def test_train_models_keeps_the_layout_and_reuses_finished_runs(setup, tmp_path,
     assert fake.calls == [] and again == models  # everything reused
     with pytest.raises(InputError, match="other settings"):
         train_models(["speech2face"], [0], overrides=["speech2face.train.max_steps=9"], **kw)
+    # how a run read its data changes none of its numbers: reused (stage 1 needed
+    # `--set scldm.pretrain.data.num_workers=0` to reuse a run trained without a worker)
+    workers = ["speech2face.train.max_steps=3", "speech2face.data.num_workers=3"]
+    assert train_models(["speech2face"], [0], overrides=workers, **kw) == models[2:3]
+    assert fake.calls == []
     with pytest.raises(InputError, match="methods to train"):
         train_models(["wav2vec"], [0], **kw)
 

@@ -133,14 +133,20 @@ def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
+# settings that change how a run reads its data, not one number it produces
+RESULT_NEUTRAL = frozenset({"data.num_workers"})
+
+
 def check_same_config(run: Path, cfg: Any) -> None:
-    """A run folder that already holds another config is refused, never silently reused."""
+    """A run folder that already holds another config is refused, never silently reused (the
+    `RESULT_NEUTRAL` settings may differ)."""
     path = run / "config.yaml"
     if not path.is_file():
         return
     old = _flat(config_to_dict(load_config(type(cfg), path)))
     new = _flat(config_to_dict(cfg))
-    diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    keys = (old.keys() | new.keys()) - RESULT_NEUTRAL
+    diff = sorted(k for k in keys if old.get(k) != new.get(k))
     if diff:
         changes = ", ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in diff[:6])
         raise InputError(
