@@ -96,7 +96,7 @@ def build_networks(cfg: WenConfig, frontend: FbankFrontend) -> dict[str, Any]:
 
 def _check_crops(cfg: WenConfig, frontend: FbankFrontend) -> None:
     lo, hi = cfg.crop_frames
-    frames = frontend.segment_samples // frontend.config.hop_length + 1
+    frames = frontend.num_frames
     if not 1 <= lo <= hi <= frames:
         raise InputError(
             None, f"crop_frames {list(cfg.crop_frames)} must satisfy 1 ≤ min ≤ max ≤ {frames} "
@@ -200,8 +200,7 @@ class Filterbanks:
         num_workers: int = 0,
     ) -> None:
         self.device = accelerator.device
-        frames = frontend.segment_samples // frontend.config.hop_length + 1
-        self.banks = torch.zeros(len(dataset), frontend.config.num_filters, frames)
+        self.banks = torch.zeros(len(dataset), frontend.config.num_filters, frontend.num_frames)
         self.banks = self.banks.to(self.device)
         loader = DataLoader(dataset, batch_size=32, collate_fn=collate, num_workers=num_workers)
         bar = tqdm(
