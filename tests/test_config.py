@@ -99,3 +99,14 @@ def test_the_sampling_section_is_checked_when_the_config_loads():
         load_config(DiffusionStageConfig, "tiny", ["sampling.scheduler=euler"], stage="train")
     with pytest.raises(InputError, match="sampling.guidance"):  # an unknown key is named
         load_config(DiffusionStageConfig, "tiny", ["sampling.guidance=3"], stage="train")
+
+
+def test_a_partial_section_starts_from_the_fields_own_default():
+    """`--set optim.lr=…` on a preset without an `optim` section keeps the method's optimizer
+    (Wen: Adam β (0.5, 0.999), constant, no clipping), not OptimConfig's class defaults."""
+    from scldm.config import WenConfig, resolve_preset
+
+    cfg = load_config(WenConfig, resolve_preset("baselines/wen", "tiny"), ["optim.lr=0.001"])
+    assert cfg.optim.lr == 0.001 and cfg.optim.betas == (0.5, 0.999)
+    assert cfg.optim.schedule == "constant" and cfg.optim.grad_clip == 0.0
+    assert load_config(WenConfig, {"train": {"max_steps": 3}}).train.ema_decay == 0.0

@@ -410,8 +410,24 @@ def _build(cls: type[C], values: Mapping[str, Any], where: str) -> C:
         raise InputError(
             None, f"unknown key(s) {keys}; {cls.__name__} has: {', '.join(sorted(names))}"
         )
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in values.items():
+        factory = fields[k].default_factory
+        if isinstance(v, Mapping) and dataclasses.is_dataclass(hints[k]) and callable(factory):
+            # a partial section starts from the field's own default (e.g. Wen's Adam at 2e-4,
+            # constant), not from the section class's defaults
+            v = _merge(dataclasses.asdict(factory()), v)
+        kwargs[k] = _coerce(v, hints[k], f"{where}.{k}" if where else k)
     return cls(**kwargs)
+
+
+def _merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        nested = isinstance(v, Mapping) and isinstance(out.get(k), Mapping)
+        out[k] = _merge(out[k], v) if nested else v
+    return out
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:
@@ -522,6 +538,7 @@ __all__ = [
     "DiffusionStageConfig",
     "PhaseConfig",
     "Speech2FaceConfig",
+    "WenConfig",
     "load_config",
     "save_config",
     "config_to_dict",
