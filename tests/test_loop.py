@@ -40,6 +40,7 @@ def test_the_log_window_reports_means_since_the_last_report(tmp_path):
 def test_due_every_n_steps_and_at_the_end():
     assert [s for s in range(1, 12) if due(s, 4, 11)] == [4, 8, 11]
     assert [s for s in range(1, 12) if due(s, 4)] == [4, 8]
+    assert [s for s in range(1, 12) if due(s, 0, 11)] == [11]  # 0: only at the end
 
 
 class _Sampler:

@@ -99,8 +99,9 @@ def global_batch(train: TrainConfig, accelerator: Accelerator) -> int:
 
 
 def due(step: int, every: int, max_steps: int | None = None) -> bool:
-    """Whether a periodic action runs after `step`: every `every` steps, and at `max_steps`."""
-    return step % every == 0 or step == max_steps
+    """Whether a periodic action runs after `step`: every `every` steps (never when `every` is
+    0), and at `max_steps`."""
+    return (every > 0 and step % every == 0) or step == max_steps
 
 
 def progress_bar(accelerator: Accelerator, train: TrainConfig, start: int, desc: str) -> Any:
