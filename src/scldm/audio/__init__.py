@@ -1,7 +1,8 @@
-"""Audio: reading files (`files`), the Speech2Face spectrogram front end (`spectrogram`) and
-the Wen et al. filterbank front end with voice activity detection (`fbank`). Each front end is
-a diffusers `ModelMixin` without trainable weights, saved inside every model it feeds so that
-inference repeats training's input. Everything is importable from `scldm.audio`."""
+"""Audio: reading files (`files`), the Speech2Face spectrogram front end (`spectrogram`),
+the Wen et al. filterbank front end with voice activity detection (`fbank`) and the Wav2Pix
+raw-waveform front end (`waveform`). Each front end is a diffusers `ModelMixin` without
+trainable weights, saved inside every model it feeds so that inference repeats training's
+input. Everything is importable from `scldm.audio`."""
 
 # diffusers finds a component's loading method by looking `ModelMixin` up in the module that
 # model_index.json names; pipelines saved before `scldm.audio` became a package name this one
@@ -18,6 +19,7 @@ from scldm.audio.files import (
     waveform_array,
 )
 from scldm.audio.spectrogram import SpectrogramFrontend, waveform_from
+from scldm.audio.waveform import WaveformFrontend
 
 __all__ = [
     "MIN_SECONDS",
@@ -26,6 +28,7 @@ __all__ = [
     "AudioInput",
     "FbankFrontend",
     "SpectrogramFrontend",
+    "WaveformFrontend",
     "load_audio",
     "loop_to_length",
     "random_crop",
