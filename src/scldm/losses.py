@@ -167,6 +167,19 @@ def bce_gan_loss(logits: torch.Tensor, real: bool) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, target)
 
 
+def lsgan_loss(scores: torch.Tensor, target: float) -> torch.Tensor:
+    """The least-squares GAN loss of one side: mean (score − target)² (Wav2Pix: D's targets
+    0.9 for real pairs and 0 for fakes and mismatched pairs, G's target 1)."""
+    return (scores.float() - target).square().mean()
+
+
+def batch_feature_matching_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Salimans et al.'s feature matching, as Wav2Pix uses it: the mean squared difference
+    between the batch means of D's features for fakes and for real faces (pass `real`
+    detached)."""
+    return F.mse_loss(fake.float().mean(0), real.float().mean(0))
+
+
 def feature_matching_loss(
     fake: list[torch.Tensor] | tuple[torch.Tensor, ...],
     real: list[torch.Tensor] | tuple[torch.Tensor, ...],

@@ -11,6 +11,7 @@ from scldm.errors import InputError
 BASELINES: dict[str, str] = {
     "speech2face": "scldm.baselines.speech2face:Speech2FacePipeline",
     "wen": "scldm.baselines.wen:WenPipeline",
+    "wav2pix": "scldm.baselines.wav2pix:Wav2PixPipeline",
 }
 
 

@@ -50,8 +50,9 @@ class BaselinePipeline(DiffusionPipeline):
     ) -> FaceOutput:
         """Faces for voices: `audio` is a path, a 1-D waveform at the front end's sample rate
         or a list of those; B = voices × num_images_per_prompt images, a voice's adjacent. A
-        deterministic method accepts `generator`, does not use it and repeats its one face.
-        Raises `InputError` (one line) for unreadable audio."""
+        deterministic method accepts `generator`, does not use it and repeats its one face; a
+        stochastic one (Wav2Pix) draws each image's randomness from `generator`, best a list of
+        B (see `image_generators`). Raises `InputError` (one line) for unreadable audio."""
         check_output_type(output_type)
         if num_images_per_prompt < 1:
             raise InputError(None, "num_images_per_prompt must be ≥ 1")
@@ -61,4 +62,19 @@ class BaselinePipeline(DiffusionPipeline):
         return to_output(self._faces(items, num_images_per_prompt, generator), output_type)
 
 
-__all__ = ["BaselinePipeline"]
+def image_generators(
+    generator: torch.Generator | Sequence[torch.Generator] | None, num_images: int
+) -> list[torch.Generator]:
+    """One generator per image, for a method whose images draw random numbers: a list of
+    `num_images` is used as given (each image then depends on its own seed only); one generator
+    or None (torch's global RNG) gives one seed per image, in order, from that source."""
+    if isinstance(generator, list | tuple):
+        if len(generator) != num_images:
+            raise InputError(None, f"got {len(generator)} generators for {num_images} images")
+        return list(generator)
+    device = generator.device if generator is not None else torch.device("cpu")
+    seeds = torch.randint(0, 2**62, (num_images,), generator=generator, device=device)
+    return [torch.Generator(device).manual_seed(int(s)) for s in seeds]
+
+
+__all__ = ["BaselinePipeline", "image_generators"]
