@@ -360,10 +360,11 @@ def test_compare_refuses_bad_input_in_one_line(setup, tmp_path, capsys):
     assert not (out / "runs").exists() and not (out / "table.md").exists()
 
 
-@pytest.mark.slow  # trains tiny SCLDM (both stages) and a tiny Speech2Face, then evaluates
+@pytest.mark.slow  # trains tiny SCLDM (both stages) and the three tiny baselines, then evaluates
 def test_compare_train_trains_what_is_missing_then_reuses_it(setup, tmp_path, monkeypatch):
     out = tmp_path / "cmp"
-    argv = ["compare", "--train", "scldm,speech2face,wen", "--config", "tiny", "--seeds", "0"]
+    argv = ["compare", "--train", "scldm,speech2face,wen,wav2pix", "--config", "tiny"]
+    argv += ["--seeds", "0"]
     argv += ["--set", "scldm.pretrain.train.max_steps=2", "--set", "scldm.train.train.max_steps=2"]
     argv += ["--data", str(setup["data"]), "--oracle", str(setup["root"] / "oracle")]
     argv += ["--split", "train", "--max-clips", str(MAX_CLIPS), "--num-images", "2"]
@@ -380,6 +381,8 @@ def test_compare_train_trains_what_is_missing_then_reuses_it(setup, tmp_path, mo
     assert "deviation: face teacher" in text and "scldm − speech2face" in text
     assert (runs / "wen" / "seed0" / "gan" / "samples").is_dir() and "scldm − wen" in text
     assert "deviation: voice encoder: the authors' training code" in text
+    assert (runs / "wav2pix" / "seed0" / "gan" / "samples").is_dir() and "scldm − wav2pix" in text
+    assert "deviation: batch norm at inference uses the running statistics" in text
 
     def fail(*a, **k):
         raise AssertionError("ran again")

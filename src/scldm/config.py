@@ -307,6 +307,43 @@ class WenConfig:
     flip: bool = True  # random horizontal flips of the real faces
 
 
+@dataclass(frozen=True)
+class Wav2PixConfig:
+    """`scldm train-baseline wav2pix`: one two-player phase as the official trainer. `optim` is
+    the generating side's Adam (speech encoder, generator and auxiliary classifier: the official
+    1e-4, β (0.5, 0.999), constant), `optim_d` the discriminator's (4e-4). `speech_encoder`,
+    `generator` and `discriminator` are the networks' constructor keywords (`preset: NAME` picks
+    one of `scldm.baselines.wav2pix`'s presets)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(
+            lr=1e-4, betas=(0.5, 0.999), schedule="constant", grad_clip=0.0
+        )
+    )
+    optim_d: OptimConfig = field(
+        default_factory=lambda: OptimConfig(
+            lr=4e-4, betas=(0.5, 0.999), schedule="constant", grad_clip=0.0
+        )
+    )
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(ema_decay=0.0))
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    frontend: Mapping[str, Any] = field(default_factory=dict)
+    speech_encoder: Mapping[str, Any] = field(default_factory=lambda: {"preset": "small"})
+    generator: Mapping[str, Any] = field(default_factory=lambda: {"preset": "small"})
+    discriminator: Mapping[str, Any] = field(default_factory=lambda: {"preset": "small"})
+    classifier_hidden: int = 200  # the auxiliary classifier's hidden width
+    # the official loss: D: (D(x, z) − real_label)² + D(G(z), z)² + D(x′, z)²; G: (D(G(z), z) −
+    # 1)² + feature_weight · MSE of D's batch-mean features + l1_weight · |G(z) − x| +
+    # class_weight · CE(aux(z), speaker)
+    real_label: float = 0.9
+    feature_weight: float = 100.0
+    l1_weight: float = 50.0
+    class_weight: float = 20.0
+    # the official keeps the generator's dropout on at inference (faces vary with the seed)
+    dropout_at_inference: bool = True
+
+
 def component_kwargs(mapping: Mapping[str, Any], presets: Mapping[str, dict], what: str) -> dict:
     """Constructor kwargs from a config mapping: `preset: NAME` names an architecture preset of
     the model module; the other keys override its values."""
@@ -539,6 +576,7 @@ __all__ = [
     "PhaseConfig",
     "Speech2FaceConfig",
     "WenConfig",
+    "Wav2PixConfig",
     "load_config",
     "save_config",
     "config_to_dict",

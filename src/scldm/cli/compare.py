@@ -39,8 +39,8 @@ def _options(p: argparse.ArgumentParser) -> None:
         type=_names,
         default=(),
         metavar="METHOD,...",
-        help="methods to train (what is missing) and compare: scldm, speech2face, wen; each "
-        "--seeds seed is a run in OUT/runs/ (scldm/seed<K>/{encoders,ldm}, "
+        help="methods to train (what is missing) and compare: scldm, speech2face, wen, wav2pix; "
+        "each --seeds seed is a run in OUT/runs/ (scldm/seed<K>/{encoders,ldm}, "
         "<baseline>/seed<K>), reused when finished and continued when interrupted (a run "
         "folder holding other settings is refused)",
     )
@@ -190,6 +190,7 @@ COMPARE = Command(
     "speakers (OUT/differences.csv), the face-only attributes, OUT/grid.png (true face | one "
     "face per method for the same voices) and OUT/compare.json. Each model samples as it was "
     "shipped (SCLDM: its pipeline's sampling config). --train trains what is "
-    "missing first, e.g. `scldm compare --train scldm,speech2face --config small --seeds 0,1 "
+    "missing first, e.g. `scldm compare --train scldm,speech2face,wen,wav2pix --config small "
+    "--seeds 0,1 "
     "--data DIR --oracle ORACLE -o OUT`.",
 )

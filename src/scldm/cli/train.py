@@ -227,7 +227,7 @@ ABLATE = Command(
 )
 TRAIN_BASELINE = Command(
     "train-baseline",
-    "train a published baseline (speech2face, wen) with its presets, for `scldm compare`",
+    "train a published baseline (speech2face, wen, wav2pix) with its presets, for `scldm compare`",
     _baseline_options,
     _train_baseline,
     description="Trains a baseline in phases, each a folder of RUN with its scalars.jsonl, "
@@ -242,6 +242,10 @@ TRAIN_BASELINE = Command(
     "as a speaker classifier, then frozen), gan/ (generator against a face embedding with "
     "real/fake and identity heads; a loss that becomes NaN stops the run with exit status 1, "
     "naming the last good checkpoint). "
+    "wav2pix (Duarte et al., ICASSP 2019, as its official code): gan/ (speech encoder on 1 s of "
+    "raw waveform, generator and auxiliary speaker classifier against a discriminator "
+    "conditioned on the speech embedding; LSGAN, feature matching, L1 and classification "
+    "losses; dropout stays on at inference, seeded per image). "
     "--resume latest continues where a run stopped, reusing finished phases. The presets "
     "(tiny, small, base) are the YAML files of scldm/configs/baselines/<method>/.",
 )

@@ -11,7 +11,11 @@ from typing import Any
 
 from scldm.errors import InputError
 
-CONFIGS = {"speech2face": "Speech2FaceConfig", "wen": "WenConfig"}
+CONFIGS = {
+    "speech2face": "Speech2FaceConfig",
+    "wen": "WenConfig",
+    "wav2pix": "Wav2PixConfig",
+}
 
 
 def baseline_trainer(method: str) -> tuple[type, Callable[..., Path]]:
