@@ -292,18 +292,20 @@ def deviations(
         "output: G's tanh image mapped linearly to [0, 1] in the RGB order it was trained on "
         "(the official predict() swaps the red and blue channels when saving)",
     ]
-    samples = encoder.config.samples
+    # the official sizes the encoder's first linear layer as the power of two nearest
+    # samples / 4, which is its flatten size at its own widths (1,024 filters) only near 1 s
+    samples, last = encoder.config.samples, encoder.config.channels[-1]
     official_fc = min((2**i for i in range(15)), key=lambda n: abs(n - samples / 4))
-    if official_fc != encoder.flatten_size:
+    if official_fc != encoder.flatten_size // last * 1024:
         out.append(
             f"speech encoder: its first linear layer reads the {encoder.flatten_size} flattened "
-            f"features (the official sizes it {official_fc}, the power of two nearest samples / 4, "
-            "which does not fit this length)"
+            f"features (at {samples} samples the official's rule, the power of two nearest "
+            "samples / 4, does not match its own flatten size)"
         )
     if dropout_at_inference:
         out.append(
-            "dropout stays on at inference, as in the official predict(), with each image's "
-            "masks drawn from its own seeded generator"
+            "dropout stays on at inference as in the official predict(), but each image's masks "
+            "come from its own seeded generator (the official: the global RNG)"
         )
     else:
         out.append("dropout off at inference: a deterministic variant (the official keeps it on)")
