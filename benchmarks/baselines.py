@@ -133,9 +133,9 @@ def main() -> None:
         "face each with the pipeline's saved defaults; faces/s batched = all voices in one "
         "call; batch 1 = one voice alone (median of 5). Training: the median samples/s each "
         "run logged (stage 1 and 2 of SCLDM; the teacher, decoder and voice phases of "
-        "Speech2Face; the voice and GAN phases of Wen et al.) and the wall time of its log, as "
-        "the runs measured them (they shared the "
-        "machine with other jobs, each at 1 thread).",
+        "Speech2Face; the voice and GAN phases of Wen et al.; the GAN phase of Wav2Pix) and "
+        "the wall time of its log, as the runs measured them (they shared the machine with "
+        "other jobs, each at 1 thread).",
         "",
         "| method | parameters | faces/s (batched) | faces/s (batch 1) | training samples/s "
         "(median per stage) | training minutes |",
