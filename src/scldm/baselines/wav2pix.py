@@ -80,7 +80,8 @@ class Wav2PixSpeechEncoder(ModelMixin, ConfigMixin):
     Six blocks of [pad (k//2 − 1, k//2), Conv1d (k 15, stride 4), BatchNorm, LeakyReLU 0.3],
     flatten, then Linear layers through `hidden` with ReLU to the embedding. The official sizes
     its first Linear as the power of two nearest samples / 4; here it is the flatten size
-    itself (both 4,096 at 1 s). Base: 16 → 1024 filters, 11,495,424 parameters.
+    itself (both 4,096 at 1 s). Defaults (the official): 16 → 1024 filters, 11,495,424
+    parameters.
     """
 
     @register_to_config
@@ -131,7 +132,8 @@ class Wav2PixGenerator(ModelMixin, ConfigMixin):
 
     Spectrally normalised ConvTranspose layers without bias: k4 s1 from 1×1 to 4×4, then k4 s2
     p1 per further width and to RGB; each but the last followed by Dropout(0.5) and ReLU, the
-    last by tanh. Base (64 px): 128 → 512 → 256 → 128 → 64 → 3, 3,804,160 parameters.
+    last by tanh. Defaults (the official at 64 px): 128 → 512 → 256 → 128 → 64 → 3, 3,804,160
+    parameters.
 
     Dropout is on in training and, at inference, only when `generator` is given. Its masks come
     from `generator`: one `torch.Generator` per image (a face then depends on its own seed
@@ -186,8 +188,8 @@ class Wav2PixDiscriminator(ModelMixin, ConfigMixin):
 
     Spectrally normalised Conv (k4 s2 p1, no bias) + LeakyReLU 0.2 per width down to 4×4 (φ,
     which the generator's feature-matching term reads), z tiled over the 4×4 map and
-    concatenated, then a plain Conv (k4, no bias) to one score. Base (64 px): 3 → 64 → 512 and
-    512 + 128 → 1, 2,765,824 parameters.
+    concatenated, then a plain Conv (k4, no bias) to one score. Defaults (the official at 64 px):
+    3 → 64 → 512 and 512 + 128 → 1, 2,765,824 parameters.
     """
 
     @register_to_config

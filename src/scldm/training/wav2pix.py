@@ -60,6 +60,7 @@ __all__ = ["PHASES", "GeneratingSide", "Wav2PixGan", "build_networks", "train"]
 log = logging.getLogger("scldm.train")
 PHASES = ("gan",)
 METHOD = "Wav2Pix"
+LOGGED = ("d_real", "d_fake", "d_wrong", "g_adv", "g_feature", "g_l1", "g_class", "g_accuracy")
 # the official: 201 epochs of its data at batch 64, 128 px
 OFFICIAL = {"preset": "base", "batch_size": 64}
 
@@ -153,16 +154,7 @@ def train(cfg: Wav2PixConfig, *, resume: str | None = None, cpu: bool = False) -
         batch_size=cfg.train.batch_size,
         resume=resume_for("gan", resume, PHASES, METHOD),
         validate=lambda m, step: val.faces(m, phases.phase_dir, step),
-        logged=(
-            "d_real",
-            "d_fake",
-            "d_wrong",
-            "g_adv",
-            "g_feature",
-            "g_l1",
-            "g_class",
-            "g_accuracy",
-        ),  # fmt: skip
+        logged=LOGGED,
     )
     metrics = {"gan": phases.last_validation}
     return _export(phases, cfg, frontend, trained["generating"], metrics)
