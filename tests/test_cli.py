@@ -147,3 +147,48 @@ def test_generate_voice_choice_errors_are_one_line_and_exit_2(tmp_path, capsys, 
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and problem in err and "Traceback" not in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        (["--num-images", "0"], "--num-images must be at least 1, got 0"),
+        (["--steps", "-1"], "--steps must be at least 1, got -1"),
+        (["--guidance", "nan"], "--guidance must be a finite number, got nan"),
+        (["--temperature", "inf"], "--temperature must be a finite number, got inf"),
+        (["--prior-scale=-inf"], "--prior-scale must be a finite number, got -inf"),
+    ],
+)
+def test_sampling_options_are_checked_one_by_one_before_anything_runs(
+    tmp_path, capsys, extra, problem
+):
+    """Each bad option is named in its own line (NaN guidance sampled an all-black face and
+    exited 0), before the model loads or anything is written."""
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model_index.json").write_text("{}")
+    out = tmp_path / "out"
+    code = main(
+        ["generate", str(tmp_path / "v.wav"), "--model", str(model), *extra, "-o", str(out)]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and problem in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_generate_names_a_folder_given_as_audio_and_a_file_given_as_output(tmp_path, capsys):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model_index.json").write_text("{}")
+    voice = tmp_path / "v.wav"
+    voice.write_bytes(b"RIFF")
+    taken = tmp_path / "taken.png"
+    taken.write_bytes(b"png")
+    for audio, out, problem in (
+        (tmp_path, tmp_path / "out", "is a folder, not an audio file"),
+        (voice, taken, "taken.png: exists and is not a folder"),
+    ):
+        code = main(["generate", str(audio), "--model", str(model), "-o", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and problem in err, err
+    assert taken.read_bytes() == b"png"

@@ -65,8 +65,12 @@ def _voices(args: argparse.Namespace) -> list[Path]:
         raise InputError(None, "give audio files or --data DIR, not both and not neither")
     voices = args.audio or pick_clips(args.data, args.split, args.speakers)
     for path in voices:
+        if path.is_dir():
+            raise InputError(path, "is a folder, not an audio file")
         if not path.is_file():
             raise InputError(path, "no such file")
+    if args.out.exists() and not args.out.is_dir():  # found before the generation, not after
+        raise InputError(args.out, "exists and is not a folder (-o names the output folder)")
     return voices
 
 

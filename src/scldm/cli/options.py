@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,8 +139,17 @@ def add_sampling_options(p: argparse.ArgumentParser) -> None:
 def sampling_overrides(args: argparse.Namespace) -> dict[str, float | int]:
     """The sampling options given on the command line (checked before anything loads), as
     keyword arguments of `SpeechToFacePipeline.__call__`."""
-    if args.num_images < 1 or (args.steps is not None and args.steps < 1):
-        raise InputError(None, "--num-images and --steps must be at least 1")
+    for flag, value in (("--num-images", args.num_images), ("--steps", args.steps)):
+        if value is not None and value < 1:
+            raise InputError(None, f"{flag} must be at least 1, got {value}")
+    scales = (
+        ("--guidance", args.guidance),
+        ("--prior-scale", args.prior_scale),
+        ("--temperature", args.temperature),
+    )
+    for flag, value in scales:  # NaN or inf would sample an all-black face without a word
+        if value is not None and not math.isfinite(value):
+            raise InputError(None, f"{flag} must be a finite number, got {value:g}")
     if args.temperature is not None and not args.temperature >= 0:
         raise InputError(None, f"--temperature must be ≥ 0, got {args.temperature:g}")
     given = {
