@@ -62,3 +62,17 @@ def test_batch_stream_resumes_inside_an_epoch():
     empty = torch.utils.data.DataLoader([], batch_size=2)
     with pytest.raises(InputError, match="no batch"):
         next(batch_stream(empty, sampler, 0, accelerator))
+
+
+def test_resuming_drops_the_rows_logged_after_the_checkpoint(tmp_path):
+    """A run killed at step 7 after its checkpoint of step 5 logged steps 6 and 7 (the last
+    row cut short); resumed from step 5 it logs them again: trimming keeps each step once."""
+    from accelerate import Accelerator
+
+    from scldm.training.loop import trim_scalars
+
+    rows = [json.dumps({"step": s, "train/loss": 1.0 / s}) for s in range(1, 8)]
+    (tmp_path / "scalars.jsonl").write_text("\n".join(rows) + '\n{"step": 8, "tra')
+    trim_scalars(Accelerator(cpu=True), tmp_path, 5)
+    kept = [json.loads(line) for line in (tmp_path / "scalars.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in kept] == [1, 2, 3, 4, 5] and kept[4]["train/loss"] == 0.2

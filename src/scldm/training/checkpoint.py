@@ -25,7 +25,7 @@ from scldm import __version__
 from scldm.errors import InputError
 from scldm.io import write_json
 from scldm.optim import EMA
-from scldm.training.loop import TrainState
+from scldm.training.loop import TrainState, trim_scalars
 
 log = logging.getLogger("scldm.train")
 CHECKPOINTS = "checkpoints"
@@ -223,6 +223,8 @@ def maybe_resume(
         log.info("resumed from %s at step %d", checkpoint, state.step)
     elif resume == "latest":
         log.info("no checkpoint in %s yet: starting from step 0", run_dir)
+    if resume is not None:
+        trim_scalars(accelerator, run_dir, state.step)
 
 
 def git_sha() -> str | None:

@@ -23,7 +23,7 @@ from scldm.audio import SpectrogramFrontend
 from scldm.config import DataConfig, TrainConfig, config_to_dict, save_config
 from scldm.data.datasets import SpeechFaceDataset
 from scldm.errors import InputError
-from scldm.io import save_figure
+from scldm.io import save_figure, write_text
 from scldm.optim import set_lr
 
 log = logging.getLogger("scldm.train")
@@ -248,6 +248,25 @@ def log_scalars(
     if accelerator.is_main_process:
         with open(run_dir / SCALARS, "a", encoding="utf-8") as f:
             f.write(json.dumps({"step": step, **{k: float(v) for k, v in metrics.items()}}) + "\n")
+
+
+def trim_scalars(accelerator: Accelerator, run_dir: Path, step: int) -> None:
+    """Drop the rows of RUN/scalars.jsonl after `step`: a run resumed from the checkpoint of
+    `step` logs those steps again, and a killed run may have logged past its last checkpoint."""
+    path = run_dir / SCALARS
+    if accelerator.is_main_process and path.is_file():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        kept = [line for line in lines if line.strip() and _row_step(line) <= step]
+        if len(kept) < len(lines):
+            write_text(path, "".join(line + "\n" for line in kept))
+    accelerator.wait_for_everyone()
+
+
+def _row_step(line: str) -> float:
+    try:
+        return float(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):  # a row cut short by the kill: dropped
+        return float("inf")
 
 
 def plot_scalars(run_dir: Path, keys: list[str], path: Path) -> None:
