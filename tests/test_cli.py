@@ -192,3 +192,24 @@ def test_generate_names_a_folder_given_as_audio_and_a_file_given_as_output(tmp_p
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and problem in err, err
     assert taken.read_bytes() == b"png"
+
+
+def test_generate_checks_every_file_before_making_any_face(tmp_path, capsys):
+    """good.wav then an empty and a 10 ms file: refused before the model loads, nothing
+    written (the first face was written, then exit 2)."""
+    import numpy as np
+    import soundfile as sf
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model_index.json").write_text("{}")
+    good, empty, tiny = tmp_path / "good.wav", tmp_path / "empty.wav", tmp_path / "tiny.wav"
+    sf.write(good, np.zeros(16_000, np.float32) + 0.1, 16_000)
+    empty.write_bytes(b"")
+    sf.write(tiny, np.full(160, 0.1, np.float32), 16_000)
+    out = tmp_path / "out"
+    for bad, problem in ((empty, "empty.wav: empty file"), (tiny, "tiny.wav: too short (0.010 s")):
+        code = main(["generate", str(good), str(bad), "--model", str(model), "-o", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and problem in err, err
+    assert not out.exists()

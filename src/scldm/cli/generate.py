@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from scldm.cli.options import (
@@ -16,6 +17,8 @@ from scldm.cli.options import (
     sampling_overrides,
 )
 from scldm.errors import InputError
+
+log = logging.getLogger(__name__)
 
 
 def _generate_options(p: argparse.ArgumentParser) -> None:
@@ -71,7 +74,29 @@ def _voices(args: argparse.Namespace) -> list[Path]:
             raise InputError(path, "no such file")
     if args.out.exists() and not args.out.is_dir():  # found before the generation, not after
         raise InputError(args.out, "exists and is not a folder (-o names the output folder)")
-    return voices
+    first: dict[Path, Path] = {}
+    for path in voices:
+        first.setdefault(path.resolve(), path)
+    unique = list(first.values())
+    if len(unique) < len(voices):  # its faces would overwrite themselves
+        log.warning(
+            "%d audio file(s) given more than once: each is generated once",
+            len(voices) - len(unique),
+        )
+    _check_readable(unique)
+    return unique
+
+
+def _check_readable(voices: list[Path]) -> None:
+    """Read the start of every file before any face is made, so a bad one among many stops
+    the command before the good ones are written (the model's front end checks the rest)."""
+    from scldm.audio import MIN_SECONDS, SAMPLE_RATE, load_audio
+
+    for path in voices:
+        wave = load_audio(path, max_seconds=1.0)
+        if wave.size < MIN_SECONDS * SAMPLE_RATE:
+            seconds = wave.size / SAMPLE_RATE
+            raise InputError(path, f"too short ({seconds:.3f} s; at least {MIN_SECONDS} s)")
 
 
 def _generate(args: argparse.Namespace) -> int:
