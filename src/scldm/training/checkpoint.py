@@ -3,11 +3,14 @@
 A checkpoint is a folder `checkpoints/step_NNNNNNN/` of tensors and JSON only, no pickles:
 model.safetensors and ema.safetensors (the unwrapped weights, the same on every rank), the AdamW
 state as optimizer.safetensors (its tensors) + optimizer.json (param_groups and the step counts),
-state.json, and one rng_<rank>.safetensors per process.
+state.json, and one rng_<rank>.safetensors per process. digest.json, written last, holds every
+file's SHA-256: `--resume latest` skips a checkpoint whose files no longer match it (a disk or
+copy that damaged them) for the newest intact one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -19,6 +22,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from scldm import __version__
@@ -29,6 +33,7 @@ from scldm.training.loop import TrainState, trim_scalars
 
 log = logging.getLogger("scldm.train")
 CHECKPOINTS = "checkpoints"
+DIGEST = "digest.json"
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
@@ -117,6 +122,8 @@ def save_checkpoint(
     save_file(rng, tmp / f"rng_{accelerator.process_index}.safetensors")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        files = sorted(p.name for p in tmp.iterdir() if p.is_file())
+        write_json(tmp / DIGEST, {name: _sha256(tmp / name) for name in files}, indent=1)
         shutil.rmtree(path, ignore_errors=True)
         tmp.replace(path)
         done = sorted((run_dir / CHECKPOINTS).glob("step_*"))
@@ -124,6 +131,32 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return path
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def damage(path: Path) -> str | None:
+    """What is wrong with checkpoint folder `path` against its digest.json (None: intact, or
+    written before checkpoints had digests)."""
+    digest = path / DIGEST
+    if not digest.is_file():
+        return None if (path / "state.json").is_file() else "no state.json"
+    try:
+        expected = json.loads(digest.read_text())
+    except (OSError, ValueError):
+        return f"{DIGEST} is unreadable"
+    for name, sha in expected.items():
+        if not (path / name).is_file():
+            return f"{name} is missing"
+        if _sha256(path / name) != sha:
+            return f"{name} does not match its digest (damaged or cut short)"
+    return None
 
 
 def _save_optimizer(optimizer: torch.optim.Optimizer, folder: Path, name: str) -> None:
@@ -172,7 +205,7 @@ def load_checkpoint(
             module.load_state_dict(load_file(path / f"{name}.safetensors"))
             load_optimizer_state(part_optimizer, _optimizer_state(path, f"{name}_optimizer"))
         info = json.loads((path / "state.json").read_text())
-    except (OSError, RuntimeError, KeyError, ValueError) as e:
+    except (OSError, RuntimeError, KeyError, ValueError, SafetensorError) as e:
         raise InputError(path, f"not a usable checkpoint of this run ({e})") from None
     state.load_state_dict(info)
     ema.num_updates = int(info["ema_updates"])
@@ -189,11 +222,17 @@ def resolve_resume(run_dir: Path, resume: str | None) -> Path | None:
     if not resume:
         return None
     if resume == "latest":
-        done = sorted((run_dir / CHECKPOINTS).glob("step_*"))
-        return done[-1] if done else None
+        for path in sorted((run_dir / CHECKPOINTS).glob("step_*"), reverse=True):
+            problem = damage(path)
+            if problem is None:
+                return path
+            log.warning("skipping the damaged checkpoint %s: %s", path, problem)
+        return None
     path = Path(resume)
     if not (path / "state.json").is_file():
         raise InputError(path, "not a checkpoint folder (no state.json)")
+    if problem := damage(path):
+        raise InputError(path, f"damaged checkpoint: {problem}")
     return path
 
 
