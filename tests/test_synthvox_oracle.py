@@ -105,3 +105,9 @@ def test_oracle_learns_quickly_on_a_small_set(small_set, tmp_path, capsys):
     assert (tmp_path / "report.md").is_file() and (tmp_path / "metrics.json").is_file()
     model = SynthVoxOracle.from_pretrained(tmp_path)
     assert model.extract_features(torch.zeros(1, 3, 32, 32)).shape == (1, 128)
+    # a rerun with the same data, steps and seed reuses it (make demo reruns this command)
+    weights = tmp_path / "diffusion_pytorch_model.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    argv = ["synthvox-oracle", "--data", str(small_set), "--out", str(tmp_path), "--steps", "300"]
+    assert main(argv) == 0 and weights.stat().st_mtime_ns == stamp
+    assert capsys.readouterr().out.splitlines()[0] == printed.splitlines()[0]

@@ -311,7 +311,7 @@ def train_oracle(
         group["base_lr"] = optim.lr
     g = torch.Generator().manual_seed(seed)
     model.train()
-    bar = tqdm(range(steps), desc="oracle", unit="step", dynamic_ncols=True, disable=None)
+    bar = tqdm(range(steps), desc="oracle", unit="step", dynamic_ncols=True, disable=False)
     for step in bar:
         set_lr(opt, lr_at(step, optim, steps))
         idx = torch.randint(0, len(faces), (batch_size,), generator=g)

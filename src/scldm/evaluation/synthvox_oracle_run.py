@@ -88,6 +88,32 @@ class OracleReport:
         )
 
 
+def _finished(data: Path, out: Path, steps: int, seed: int) -> OracleReport | None:
+    """The report of an oracle already trained in `out` on `data` with these steps and seed
+    (a rerun of `make demo` reuses it), else None."""
+    try:
+        metrics = json.loads((out / "metrics.json").read_text())
+        ceilings = json.loads((out / "ceilings.json").read_text())
+    except (OSError, ValueError):
+        return None
+    same = (
+        (out / "config.json").is_file()
+        and Path(metrics.get("data", "")).resolve() == data.resolve()
+        and (metrics.get("steps"), metrics.get("seed")) == (steps, seed)
+    )
+    if not same:
+        return None
+    counts = ("steps", "train_faces", "train_speakers", "test_faces", "test_speakers")
+    return OracleReport(
+        out=out,
+        oracle=ceilings["oracle_on_true_faces"],
+        ceiling=ceilings["voice_only_ceiling"],
+        chance=ceilings["chance"],
+        counts={k: metrics[k] for k in counts if k in metrics},
+        seconds=float(metrics.get("seconds", 0.0)),
+    )
+
+
 def _write_json(path: Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2) + "\n")
 
@@ -116,6 +142,9 @@ def run_oracle(data: Path, out: Path, *, steps: int | None = None, seed: int = 0
     test = speaker_rows([r for r in rows if r["split"] == "test"])
     if not train or not test:
         raise InputError(data, "needs speakers in both the train and the test split")
+    if done := _finished(data, out, steps or DEFAULT_STEPS, seed):
+        log.info("reusing the oracle in %s (same data, steps and seed); delete it to retrain", out)
+        return done
     start = time.perf_counter()
     size = min(64, load_face(data / train[0]["faces"][0]).size[0])  # the oracle reads ≤ 64 px
     train_faces, train_owners = load_oracle_faces(data, train, size)
