@@ -255,6 +255,27 @@ def test_generation_is_cached_resumable_and_settings_checked(tiny_stage1, tmp_pa
         _run(data, out, gen, max_clips=6, num_images=2, seed=1)
 
 
+def test_a_clip_the_model_cannot_use_is_skipped_and_counted(tiny_stage1, tmp_path):
+    """One clip's audio refused (as a damaged file would be): the others are generated in its
+    batch and scored, it is left out and counted; rerunning skips it again."""
+    data, _ = tiny_stage1
+    bad = data / read_manifest(data, split="train")[2]["audio"]
+
+    class Refusing(GreyFace):
+        def __call__(self, audio, generators):
+            if bad in [Path(a) for a in audio]:
+                raise InputError(bad, "not a readable audio file (test)")
+            return super().__call__(audio, generators)
+
+    out = tmp_path / "ev"
+    for _ in range(2):
+        res = _run(data, out, Refusing(data, 32), max_clips=6, num_images=2)
+        want = _expected_counts(data, max_clips=6, num_images=2)
+        assert res["counts"]["skipped_clips"] == 1 and res["counts"]["clips"] == want["clips"] - 1
+        assert len(list((out / "images").glob("*.png"))) == want["generated_images"] - 2
+    assert "(1 skipped: audio the model cannot use)" in (out / "report.md").read_text()
+
+
 def test_chance_pairs_every_clip_with_another_speaker(tiny_stage1):
     data, _ = tiny_stage1
     clips = plan_clips(data, "train", max_clips=None, seed=0)

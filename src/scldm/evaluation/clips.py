@@ -35,13 +35,20 @@ class EvalSettings:
 
 @dataclass
 class Clip:
-    index: int
+    index: int  # its row in every tensor of the evaluation (its position in the clip list)
     speaker: str
     audio: Path
     face: Path
     other_face: Path | None  # another image of the same speaker: the floor's reference
     chance_face: Path  # a face of a different speaker: chance
     labels: dict[str, Any] = field(default_factory=dict)
+    row: int | None = None  # its row in the split: names and seeds its images (None: index)
+
+    @property
+    def key(self) -> int:
+        """What names and seeds the clip's generated images: its row in the split, which stays
+        when clips before it are left out (its `index` then changes)."""
+        return self.index if self.row is None else self.row
 
 
 def plan_clips(data: Path, split: str, *, max_clips: int | None, seed: int) -> list[Clip]:
@@ -78,6 +85,7 @@ def plan_clips(data: Path, split: str, *, max_clips: int | None, seed: int) -> l
                 other_face=data / others[i % len(others)] if others else None,
                 chance_face=data / images[partner[s]][i % len(images[partner[s]])],
                 labels={k: v for k, v in r.items() if k not in NOT_LABELS},
+                row=i,
             )
         )
     return clips
@@ -97,7 +105,7 @@ def face_size(clips: Sequence[Clip]) -> int:
 
 
 def image_path(out: Path, clip: Clip, k: int) -> Path:
-    return out / "images" / f"{clip.index:06d}_{k}.png"
+    return out / "images" / f"{clip.key:06d}_{k}.png"
 
 
 def first_clips(clips: Sequence[Clip], speakers: int | None = None) -> list[Clip]:

@@ -16,6 +16,7 @@ Beside this module in `scldm.evaluation`: `clips` plans the clips and their refe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -301,7 +302,7 @@ def evaluate(
     size = settings.image_size or face_size(clips)
     warn_if_identical(generator, settings.num_images)
     out.mkdir(parents=True, exist_ok=True)
-    generate_cached(
+    skipped = generate_cached(
         generator,
         clips,
         out,
@@ -310,6 +311,15 @@ def evaluate(
         batch_size=settings.batch_size,
         progress=progress,
     )
+    if skipped:  # clips whose audio the model refused: left out of every row, and counted
+        log.warning(
+            "skipping %d of %d clips whose audio the model cannot use (first: %s)",
+            len(skipped), len(clips), next(iter(skipped.values())),
+        )  # fmt: skip
+        kept = [c for c in clips if c.key not in skipped]
+        clips = [dataclasses.replace(c, index=i) for i, c in enumerate(kept)]
+        if len({c.speaker for c in clips}) < 2:
+            raise InputError(data, "fewer than 2 speakers have usable audio")
     faces = load_faces(clips, out, settings.num_images, size)
     params = getattr(generator, "num_parameters", None)
     result: dict[str, Any] = {
@@ -330,6 +340,7 @@ def evaluate(
             "speakers": len({c.speaker for c in clips}),
             "generated_images": len(clips) * settings.num_images,
             "floor_clips": sum(c.other_face is not None for c in clips),
+            "skipped_clips": len(skipped),
         },
         "conventions": {
             "conditions": {

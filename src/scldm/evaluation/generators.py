@@ -168,7 +168,7 @@ def warn_if_identical(generator: Any, num_images: int) -> None:
 
 
 def _seed_for(seed: int, clip: Clip, k: int) -> int:
-    digest = hashlib.sha256(f"{seed}/{clip.audio.name}/{clip.speaker}/{clip.index}/{k}".encode())
+    digest = hashlib.sha256(f"{seed}/{clip.audio.name}/{clip.speaker}/{clip.key}/{k}".encode())
     return int.from_bytes(digest.digest()[:8], "little") >> 1
 
 
@@ -181,11 +181,13 @@ def generate_cached(
     seed: int,
     batch_size: int,
     progress: bool = True,
-) -> None:
+) -> dict[int, str]:
     """Generate the missing `OUT/images/<clip>_<k>.png`. Each image has its own seeded
     generator, so the faces do not depend on batching or on where a run was interrupted. A
     cache made with other settings is refused rather than mixed. A deterministic generator
-    makes one face a clip, copied to its other K − 1 files."""
+    makes one face a clip, copied to its other K − 1 files. A clip whose audio the generator
+    refuses (`InputError`: unreadable, silent, too short) gets no images; the returned mapping
+    names each such clip (by `Clip.key`) and why, so the caller skips and counts it."""
     key = {"model": generator.name, "seed": seed, "num_images": num_images, **generator.settings}
     key_file = out / "images" / "settings.json"
     if key_file.is_file():
@@ -200,19 +202,37 @@ def generate_cached(
     bar = tqdm(
         total=len(todo), desc="generating faces", unit="face", disable=not todo or not progress
     )
+    skipped: dict[int, str] = {}  # clip key → why its audio could not be used
     for i in range(0, len(todo), batch_size):
-        chunk = todo[i : i + batch_size]
-        gens = [torch.Generator().manual_seed(_seed_for(seed, c, k)) for c, k in chunk]
-        with torch.no_grad():
-            faces = generator([c.audio for c, _ in chunk], gens)
-        for (c, k), face in zip(chunk, faces, strict=True):
+        chunk = [(c, k) for c, k in todo[i : i + batch_size] if c.key not in skipped]
+        try:
+            made_faces = _faces(generator, chunk, seed)
+        except InputError:  # an unusable clip in the batch: make the others one by one
+            made_faces = []
+            for item in chunk:
+                if item[0].key in skipped:
+                    continue
+                try:
+                    made_faces += _faces(generator, [item], seed)
+                except InputError as e:
+                    skipped[item[0].key] = f"{e.path}: {e.problem}"
+        for (c, k), face in made_faces:
             save_image(to_pil(face), image_path(out, c, k))
-        bar.update(len(chunk))
+        bar.update(len(todo[i : i + batch_size]))
     bar.close()
     for c in clips if made < num_images else ():
         for k in range(made, num_images):
-            if not image_path(out, c, k).is_file():
+            if c.key not in skipped and not image_path(out, c, k).is_file():
                 write_bytes(image_path(out, c, k), image_path(out, c, 0).read_bytes())
+    return skipped
+
+
+def _faces(generator: FaceGenerator, items: Sequence[tuple[Clip, int]], seed: int) -> list:
+    """[((clip, k), face)] for `items`, each face from its own seeded generator."""
+    gens = [torch.Generator().manual_seed(_seed_for(seed, c, k)) for c, k in items]
+    with torch.no_grad():
+        faces = generator([c.audio for c, _ in items], gens)
+    return list(zip(items, faces, strict=True))
 
 
 # --- Reading a pipeline folder -----------------------------------------------------------------

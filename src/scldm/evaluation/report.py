@@ -222,7 +222,13 @@ def write_report(
         "# Evaluation",
         "",
         f"Model `{result['model'].get('path') or result['model']['name']}` on `{result['data']}`, "
-        f"split `{settings.split}`: {c['clips']} clips of {c['speakers']} speakers, "
+        f"split `{settings.split}`: {c['clips']} clips of {c['speakers']} speakers"
+        + (
+            f" ({c['skipped_clips']} skipped: audio the model cannot use)"
+            if c.get("skipped_clips")
+            else ""
+        )
+        + ", "
         f"{settings.num_images} generated face(s) per clip (seed {settings.seed}). Generation: "
         + ", ".join(f"{k} {v}" for k, v in result["model"].items() if k not in ("name", "path"))
         + f". Scored at {scoring.get('image_size', '?')} px (generated at "
