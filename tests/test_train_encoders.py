@@ -153,7 +153,8 @@ def test_same_seed_gives_bitwise_identical_weights(data, tmp_path):
 
 
 def _to_optimizer_pt(checkpoint: Path) -> None:
-    """Rewrite a checkpoint's optimizer state as the optimizer.pt older versions wrote."""
+    """Rewrite a checkpoint's optimizer state as the optimizer.pt older versions wrote (they
+    wrote no digest.json either)."""
     state = optimizer_from_files(
         load_file(checkpoint / "optimizer.safetensors"),
         json.loads((checkpoint / "optimizer.json").read_text()),
@@ -161,6 +162,7 @@ def _to_optimizer_pt(checkpoint: Path) -> None:
     torch.save(state, checkpoint / "optimizer.pt")
     (checkpoint / "optimizer.safetensors").unlink()
     (checkpoint / "optimizer.json").unlink()
+    (checkpoint / "digest.json").unlink()
 
 
 @pytest.mark.parametrize("optimizer_file", ["safetensors", "pt"])
@@ -256,6 +258,7 @@ def test_two_processes_through_accelerate(data, tmp_path):
     assert "global batch 8" in log  # 2 processes × batch 4
     checkpoint = run / "checkpoints" / "step_0000004"
     assert sorted(p.name for p in checkpoint.iterdir()) == [
+        "digest.json",  # every other file's SHA-256, written last
         "discriminator.safetensors",  # tiny trains the PatchGAN, under DDP like the model
         "discriminator_optimizer.json",
         "discriminator_optimizer.safetensors",
