@@ -89,8 +89,13 @@ class WaveformFrontend(ModelMixin, ConfigMixin):
         else:
             wave, source = waveform_array(item, self.config.sample_rate), None
         wave = loop_to_length(self._checked(wave, source), max(wave.size, self.num_samples))
-        start = (wave.size - self.num_samples) // 2
-        return torch.from_numpy(np.ascontiguousarray(wave[start : start + self.num_samples]))
+        return self.centre(torch.from_numpy(wave)).contiguous()
+
+    def centre(self, waveform: torch.Tensor) -> torch.Tensor:
+        """(..., S) with S ≥ num_samples → (..., num_samples): the centre window (the
+        official `cut_audio`), for inference and validation alike."""
+        start = (waveform.shape[-1] - self.num_samples) // 2
+        return waveform[..., start : start + self.num_samples]
 
     def crops(self, waveform: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """(B, S) training items → (B, num_samples): an independent random window of each row,

@@ -236,11 +236,8 @@ class _Validation:
     def __init__(self, cfg: Wav2PixConfig, frontend: WaveformFrontend, device: torch.device):
         self.cfg, self.windows, self.true_faces, self.speakers = cfg, [], [], []
         dataset = maybe_split(cfg.data, frontend, cfg.eval.split)
-        n = frontend.num_samples
-        for batch in val_batches(dataset, cfg.eval):
-            wave = batch["waveform"]
-            start = (wave.shape[1] - n) // 2  # the centre window, as the pipeline reads a voice
-            self.windows.append(frontend(wave[:, start : start + n].to(device)))
+        for batch in val_batches(dataset, cfg.eval):  # the centre window, as the pipeline reads
+            self.windows.append(frontend(frontend.centre(batch["waveform"]).to(device)))
             self.true_faces.append(batch["face"].to(device))
             self.speakers.append(batch["speaker"].to(device))
 
