@@ -84,6 +84,16 @@ def test_ablate_writes_table4_sweep_grids_and_report(ablation):
     # every evaluation ranks all its speakers in one pool (fewer than the pool size of 100)
     pool = len(voices)
     assert float(t4[3]["R@1_pct"]) >= float(t4[4]["R@1_pct"])  # true-face floor ≥ chance
+    # realism: every row and the floor have a two-sample accuracy in its interval; chance has
+    # none (it is the true faces themselves, paired with other voices)
+    assert "two-sample acc" in lines[0]
+    for r in t4[:4]:
+        low, acc, high = (
+            float(r[k])
+            for k in ("two_sample_acc_ci_low", "two_sample_acc", "two_sample_acc_ci_high")
+        )
+        assert 0 <= low <= acc <= high <= 1
+    assert t4[4]["two_sample_acc"] == ""
     with open(out / "lambda_sweep.csv") as f:
         sweep = list(csv.DictReader(f))
     names = [lam_name(v) for v in LAMBDAS]

@@ -15,6 +15,7 @@ from PIL import Image
 from scldm.evaluation.clips import first_clips, image_path, plan_clips, true_caption
 from scldm.evaluation.report import fmt
 from scldm.experiments.ablate import CLIP_KEY, ORACLE, Ablation, lam_name
+from scldm.experiments.compare_table import metric_cell
 from scldm.faces import load_face_tensor, make_grid, save_image
 from scldm.io import save_figure, write_csv, write_text
 
@@ -25,6 +26,8 @@ COLUMNS = (
     ("gender_acc_pct", "gender acc (%)", "attributes", "gender_acc", 1, 100.0),
     ("age_within10_pct", "age within ±10 y (%)", "attributes", "age_within", 1, 100.0),
     ("age_mae", "age MAE (years) ↓", "attributes", "age_mae", 1, 1.0),
+    # how well a linear classifier tells the faces from true ones: 0.5 = indistinguishable
+    ("two_sample_acc", "two-sample acc ↓", "realism", "two_sample", 3, 1.0),
 )
 SWEEP_PANELS = ("cos_x100", "gender_acc_pct", "age_within10_pct")
 
@@ -33,6 +36,8 @@ SWEEP_PANELS = ("cos_x100", "gender_acc_pct", "age_within10_pct")
 
 
 def _metric(metrics: Mapping[str, Any], cond: str, where: str, key: str) -> dict | None:
+    if where == "realism":
+        return metric_cell(metrics, f"realism/{key}", cond)
     block = (metrics.get(where) or {}).get(ORACLE) or {}
     return (block.get(cond) or {}).get(key)
 
