@@ -71,6 +71,9 @@ class TrainConfig:
     save_every: int = 500
     keep_last: int = 2
     ema_decay: float = 0.999
+    # steps whose loss is NaN or infinite to skip (no update) before the run stops; 0: stop at
+    # the first (scldm.training.guard)
+    skip_nonfinite: int = 0
     # an accelerate tracker ("tensorboard", "wandb", ...; installed separately); scalars always
     # go to RUN/scalars.jsonl
     log_with: str | None = None

@@ -1,5 +1,5 @@
-"""Errors a user can act on. The CLI prints them as one line and exits with status 2 (bad input)
-or 1 (a training run that diverged)."""
+"""Errors a user can act on. The CLI prints them as one line and exits with status 2 (bad input),
+1 (a training run that diverged) or 128 + the signal (a run stopped by SIGTERM or SIGINT)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,15 @@ class InputError(ValueError):
 class TrainingDiverged(RuntimeError):
     """Training stopped because a loss became NaN or infinite. The message is one line: the
     loss, the step and the last good checkpoint to resume from. The CLI exits with status 1."""
+
+
+class Preempted(RuntimeError):
+    """Training stopped on SIGTERM or SIGINT after writing a checkpoint at the current step. The
+    message is one line naming it; the CLI exits with status 128 + the signal."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        self.signum = signum
+        super().__init__(message)
 
 
 def require(module: str, *, extra: str = "eval", package: str | None = None) -> ModuleType:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from scldm import __version__
 from scldm.cli import compare, generate, prepare, train
 from scldm.cli.options import Command, add_commands
-from scldm.errors import InputError, TrainingDiverged
+from scldm.errors import InputError, Preempted, TrainingDiverged
 
 COMMANDS: tuple[Command, ...] = (
     prepare.PREPARE,
@@ -53,6 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TrainingDiverged as e:
         print(f"scldm: error: {e}", file=sys.stderr)
         return 1
+    except Preempted as e:
+        print(f"scldm: {e}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("scldm: interrupted", file=sys.stderr)
         return 130

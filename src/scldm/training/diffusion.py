@@ -28,6 +28,7 @@ from scldm.faces import load_face_tensor, make_grid, save_image
 from scldm.optim import EMA, lr_at
 from scldm.training.checkpoint import maybe_resume, save_checkpoint, write_meta
 from scldm.training.decoder import refined_decoder
+from scldm.training.guard import active, guarded
 from scldm.training.latents import Encoders, LatentCache, build_cache, face_prior, load_encoders
 from scldm.training.loop import (
     LogWindow,
@@ -132,6 +133,7 @@ def _unet_for(unet: Mapping[str, Any], latent_shape: tuple[int, ...]) -> dict[st
     return {**unet, **shape}
 
 
+@guarded
 def train(
     cfg: DiffusionStageConfig,
     encoders_run: str | Path,
@@ -200,52 +202,60 @@ def train(
     bar = progress_bar(accelerator, cfg.train, state.step, "train")
     window = LogWindow(accelerator, run_dir, cfg.train.batch_size, bar)
     samples_per_step = global_batch(cfg.train, accelerator)
-    for z0, tokens in batch_stream(loader, sampler, state.step, accelerator):
-        if state.step >= cfg.train.max_steps:
-            break
-        with accelerator.accumulate(unet):
-            loss, _ = diffusion_loss(
-                unet,
-                noise_scheduler,
-                z0,
-                tokens,
-                prior=prior,
-                prior_scale=cfg.lambda_train,
-                cond_drop=cfg.cond_drop,
-            )
-            accelerator.backward(loss)
-            lr = lr_at(state.step, cfg.optim, cfg.train.max_steps)
-            logs = {"loss": loss} | optimizer_step(
-                accelerator, unet, optimizer, lr, cfg.optim.grad_clip
-            )
-        window.add(logs)
-        if not accelerator.sync_gradients:
-            continue
-        state.step += 1
-        state.samples += samples_per_step
-        ema.update(unwrapped)
-        if due(state.step, cfg.train.log_every, cfg.train.max_steps):
-            window.report(state.step, optimizer.param_groups[0]["lr"])
-        bar.update()
-        main = accelerator.is_main_process
-        if val_cache is not None and due(state.step, cfg.train.eval_every) and main:
-            ema_unet = copy.deepcopy(unwrapped)
-            ema.copy_to(ema_unet)
-            scheduler = make_scheduler(cfg.sampling.scheduler, noise_scheduler.config)
-            path = run_dir / "samples" / f"step_{state.step:07d}.png"
-            sample_grid(ema_unet.eval(), scheduler, encoders, val_cache, cfg, prior, scale, path)
-            del ema_unet
-        if due(state.step, cfg.train.save_every, cfg.train.max_steps):
-            save_checkpoint(
-                accelerator,
-                run_dir,
-                model=unwrapped,
-                optimizer=optimizer,
-                ema=ema,
-                state=state,
-                keep_last=cfg.train.keep_last,
-            )
-    bar.close()
+    guard = active()
+    try:  # the bar ends its line before any error is printed
+        for z0, tokens in batch_stream(loader, sampler, state.step, accelerator):
+            if state.step >= cfg.train.max_steps:
+                break
+            with accelerator.accumulate(unet):
+                loss, _ = diffusion_loss(
+                    unet,
+                    noise_scheduler,
+                    z0,
+                    tokens,
+                    prior=prior,
+                    prior_scale=cfg.lambda_train,
+                    cond_drop=cfg.cond_drop,
+                )
+                accelerator.backward(loss)
+                logs = {"loss": loss}
+                if guard.finite(logs, state.step, "train", run_dir):
+                    lr = lr_at(state.step, cfg.optim, cfg.train.max_steps)
+                    logs |= optimizer_step(accelerator, unet, optimizer, lr, cfg.optim.grad_clip)
+                else:
+                    optimizer.zero_grad(set_to_none=True)
+            window.add(logs)
+            if not accelerator.sync_gradients:
+                continue
+            state.step += 1
+            state.samples += samples_per_step
+            ema.update(unwrapped)
+            if due(state.step, cfg.train.log_every, cfg.train.max_steps):
+                window.report(state.step, optimizer.param_groups[0]["lr"])
+            bar.update()
+            main = accelerator.is_main_process
+            if val_cache is not None and due(state.step, cfg.train.eval_every) and main:
+                ema_unet = copy.deepcopy(unwrapped)
+                ema.copy_to(ema_unet)
+                scheduler = make_scheduler(cfg.sampling.scheduler, noise_scheduler.config)
+                path = run_dir / "samples" / f"step_{state.step:07d}.png"
+                sample_grid(
+                    ema_unet.eval(), scheduler, encoders, val_cache, cfg, prior, scale, path
+                )
+                del ema_unet
+            if guard.save_due(state.step, cfg.train.save_every, cfg.train.max_steps):
+                save_checkpoint(
+                    accelerator,
+                    run_dir,
+                    model=unwrapped,
+                    optimizer=optimizer,
+                    ema=ema,
+                    state=state,
+                    keep_last=cfg.train.keep_last,
+                )
+                guard.stop_if_asked(state.step, run_dir)
+    finally:
+        bar.close()
     return export(accelerator, unwrapped, ema, noise_scheduler, encoders, prior, scale, cfg, state)
 
 

@@ -30,6 +30,7 @@ from scldm.models.speech_encoder import SPEECH_ENCODER_PRESETS
 from scldm.optim import EMA, lr_at, param_groups
 from scldm.training.adversarial import Adversary
 from scldm.training.checkpoint import maybe_resume, save_checkpoint, write_meta
+from scldm.training.guard import active, guarded
 from scldm.training.loop import (
     LogWindow,
     TrainState,
@@ -100,6 +101,7 @@ def make_optimizer(model: SpeechFaceModel, cfg: EncoderStageConfig) -> torch.opt
     return torch.optim.AdamW(groups, betas=cfg.optim.betas, eps=cfg.optim.eps, fused=True)
 
 
+@guarded
 def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = False) -> Path:
     """Run stage 1 and return the export folder (speech_encoder/, face_encoder/, face_decoder/,
     frontend/ — EMA weights, `save_pretrained` format)."""
@@ -169,60 +171,70 @@ def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = Fal
         val_ds.load_into_memory()  # validated every eval_every steps, on the main process
     bar = progress_bar(accelerator, cfg.train, state.step, "pretrain")
     window = LogWindow(accelerator, run_dir, cfg.train.batch_size, bar)
-    for batch in batch_stream(loader, sampler, state.step, accelerator):
-        if state.step >= cfg.train.max_steps:
-            break
-        if batch is None:  # every clip of it unreadable (logged by `collate`)
-            continue
-        with accelerator.accumulate(model, *([adversary.disc] if adversary else [])):
-            wave = batch["waveform"]
-            if crop is not None:
-                wave = random_crop(wave, crop, step_generator(cfg.train.seed, state, accelerator))
-            outputs = model(  # through DDP's forward
-                frontend(wave), batch["face"], num_reconstructed=num_reconstructed
-            )
-            adversarial = adversary is not None and adversary.active(state.step)
-            loss, logs = encoder_stage_loss(
-                outputs,
-                batch,
-                cfg.loss_weights,
-                perceptual=perceptual,
-                adversarial=adversary.generator_terms if adversarial else None,
-                gather=cfg.gather_negatives,
-            )
-            accelerator.backward(loss)
-            lr = lr_at(state.step, cfg.optim, cfg.train.max_steps)
-            logs |= optimizer_step(accelerator, model, optimizer, lr, cfg.optim.grad_clip)
-            if adversarial:
-                faces = batch["face"][:num_reconstructed]
-                logs |= adversary.discriminator_step(
-                    faces, outputs["reconstruction"], lr, cfg.optim.grad_clip
+    guard = active()
+    try:  # the bar ends its line before any error is printed
+        for batch in batch_stream(loader, sampler, state.step, accelerator):
+            if state.step >= cfg.train.max_steps:
+                break
+            if batch is None:  # every clip of it unreadable (logged by `collate`)
+                continue
+            with accelerator.accumulate(model, *([adversary.disc] if adversary else [])):
+                wave = batch["waveform"]
+                if crop is not None:
+                    wave = random_crop(
+                        wave, crop, step_generator(cfg.train.seed, state, accelerator)
+                    )
+                outputs = model(  # through DDP's forward
+                    frontend(wave), batch["face"], num_reconstructed=num_reconstructed
                 )
-        window.add(logs)
-        if not accelerator.sync_gradients:
-            continue
-        state.step += 1
-        state.samples += samples_per_step
-        with torch.no_grad():
-            unwrapped.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
-        ema.update(unwrapped)
-        if due(state.step, cfg.train.log_every, cfg.train.max_steps):
-            window.report(state.step, optimizer.param_groups[0]["lr"])
-        bar.update()
-        if val_ds is not None and due(state.step, cfg.train.eval_every):
-            _validate(accelerator, unwrapped, frontend, val_ds, cfg, run_dir, state.step)
-        if due(state.step, cfg.train.save_every, cfg.train.max_steps):
-            save_checkpoint(
-                accelerator,
-                run_dir,
-                model=unwrapped,
-                optimizer=optimizer,
-                ema=ema,
-                state=state,
-                keep_last=cfg.train.keep_last,
-                extras=extras,
-            )
-    bar.close()
+                adversarial = adversary is not None and adversary.active(state.step)
+                loss, logs = encoder_stage_loss(
+                    outputs,
+                    batch,
+                    cfg.loss_weights,
+                    perceptual=perceptual,
+                    adversarial=adversary.generator_terms if adversarial else None,
+                    gather=cfg.gather_negatives,
+                )
+                accelerator.backward(loss)
+                if not guard.finite({"loss": loss}, state.step, "pretrain", run_dir):
+                    optimizer.zero_grad(set_to_none=True)
+                    adversarial = False
+                else:
+                    lr = lr_at(state.step, cfg.optim, cfg.train.max_steps)
+                    logs |= optimizer_step(accelerator, model, optimizer, lr, cfg.optim.grad_clip)
+                if adversarial:
+                    faces = batch["face"][:num_reconstructed]
+                    logs |= adversary.discriminator_step(
+                        faces, outputs["reconstruction"], lr, cfg.optim.grad_clip
+                    )
+            window.add(logs)
+            if not accelerator.sync_gradients:
+                continue
+            state.step += 1
+            state.samples += samples_per_step
+            with torch.no_grad():
+                unwrapped.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
+            ema.update(unwrapped)
+            if due(state.step, cfg.train.log_every, cfg.train.max_steps):
+                window.report(state.step, optimizer.param_groups[0]["lr"])
+            bar.update()
+            if val_ds is not None and due(state.step, cfg.train.eval_every):
+                _validate(accelerator, unwrapped, frontend, val_ds, cfg, run_dir, state.step)
+            if guard.save_due(state.step, cfg.train.save_every, cfg.train.max_steps):
+                save_checkpoint(
+                    accelerator,
+                    run_dir,
+                    model=unwrapped,
+                    optimizer=optimizer,
+                    ema=ema,
+                    state=state,
+                    keep_last=cfg.train.keep_last,
+                    extras=extras,
+                )
+                guard.stop_if_asked(state.step, run_dir)
+    finally:
+        bar.close()
     return export(accelerator, unwrapped, ema, frontend, cfg, run_dir, state, train_ds, val_ds)
 
 

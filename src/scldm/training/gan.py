@@ -28,6 +28,7 @@ from scldm.config import OptimConfig
 from scldm.errors import InputError
 from scldm.optim import EMA, lr_at
 from scldm.training.checkpoint import maybe_resume, save_checkpoint
+from scldm.training.guard import active
 from scldm.training.loop import (
     LogWindow,
     TrainState,
@@ -37,7 +38,7 @@ from scldm.training.loop import (
     optimizer_step,
     progress_bar,
 )
-from scldm.training.phases import Phases, check_finite, ema_copy
+from scldm.training.phases import Phases, ema_copy
 
 Nets = Mapping[str, nn.Module]
 
@@ -138,9 +139,13 @@ def train_gan(
     d_view = {**frozen, **{n: models[n] for n in players.d}}
     g_view = {**frozen, **{n: models[n] for n in players.g}, **{n: plain[n] for n in players.d}}
 
-    def update(player: Sequence[str]) -> dict[str, Any]:
+    def update(player: Sequence[str], finite: bool) -> dict[str, Any]:
+        """Step the player's optimizers, or drop their gradients when its loss was not finite."""
         logs: dict[str, Any] = {}
         for n in player:
+            if not finite:
+                optimizers[n].zero_grad(set_to_none=True)
+                continue
             factor = lr_at(state.step, optims[n], steps)
             grad = optimizer_step(
                 accelerator, models[n], optimizers[n], factor, optims[n].grad_clip
@@ -148,6 +153,7 @@ def train_gan(
             logs |= {f"grad_norm_{n}": v for v in grad.values()}
         return logs
 
+    guard = active()
     try:  # the bar ends its line before any error is printed
         for batch in batch_stream(loader, sampler, state.step, accelerator):
             if state.step >= steps:
@@ -158,19 +164,18 @@ def train_gan(
                 fake = method.generate(g_view, batch, state)
                 detached = {k: v.detach() if torch.is_tensor(v) else v for k, v in fake.items()}
                 d_loss, logs = method.d_loss(d_view, batch, detached, state)
-            check_finite(name, {"d": d_loss}, state.step, phase_dir)
             accelerator.backward(d_loss)
-            logs |= update(players.d)
+            logs |= update(players.d, guard.finite({"d": d_loss}, state.step, name, phase_dir))
             # the generating side's loss reads the discriminating nets; they do not learn from it
             _requires_grad(plain, players.d, False)
             try:
                 with accelerator.autocast():
                     g_loss, g_logs = method.g_loss(g_view, batch, fake, state)
-                check_finite(name, {"g": g_loss}, state.step, phase_dir)
                 accelerator.backward(g_loss)
             finally:
                 _requires_grad(plain, players.d, True)
-            logs |= g_logs | update(players.g)
+            g_ok = guard.finite({"g": g_loss}, state.step, name, phase_dir)
+            logs |= g_logs | update(players.g, g_ok)
             window.add({"loss/d": d_loss.detach(), "loss/g": g_loss.detach(), **logs})
             state.step += 1
             state.samples += batch_size * accelerator.num_processes
@@ -180,11 +185,12 @@ def train_gan(
             bar.update()
             if due(state.step, cfg.train.eval_every, steps) and accelerator.is_main_process:
                 phases.validate(name, validate, _final(plain, exported, ema), state.step)
-            if due(state.step, cfg.train.save_every, steps):
+            if guard.save_due(state.step, cfg.train.save_every, steps):
                 save_checkpoint(
                     accelerator, phase_dir, model=plain[exported], optimizer=optimizers[exported],
                     ema=ema, state=state, keep_last=cfg.train.keep_last, extras=extras,
                 )  # fmt: skip
+                guard.stop_if_asked(state.step, phase_dir)
     finally:
         bar.close()
     for n in names:

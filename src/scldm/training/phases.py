@@ -25,11 +25,12 @@ from torch.utils.data import DataLoader, Subset
 
 from scldm.config import EvalConfig, OptimConfig, load_config
 from scldm.data.datasets import SpeakerBatchSampler, SpeechFaceDataset, collate
-from scldm.errors import InputError, TrainingDiverged
+from scldm.errors import InputError
 from scldm.faces import make_grid, save_image, to_pil
 from scldm.io import write_json
 from scldm.optim import EMA, lr_at
 from scldm.training.checkpoint import CHECKPOINTS, maybe_resume, save_checkpoint, write_meta
+from scldm.training.guard import active
 from scldm.training.loop import (
     LogWindow,
     TrainState,
@@ -160,6 +161,7 @@ class Phases:
         bar = progress_bar(accelerator, train_cfg, state.step, name)
         window = LogWindow(accelerator, phase_dir, batch_size, bar)
         prepared.train()
+        guard = active()
         try:  # the bar ends its line before any error is printed
             for batch in batch_stream(loader, sampler, state.step, accelerator):
                 if state.step >= steps:
@@ -168,12 +170,14 @@ class Phases:
                     continue
                 with accelerator.accumulate(prepared):
                     loss, logs = loss_fn(prepared, batch, state)
-                    check_finite(name, {"loss": loss}, state.step, phase_dir)
                     accelerator.backward(loss)
-                    factor = lr_at(state.step, optim, steps)
-                    logs |= optimizer_step(
-                        accelerator, prepared, optimizer, factor, optim.grad_clip
-                    )
+                    if guard.finite({"loss": loss}, state.step, name, phase_dir):
+                        factor = lr_at(state.step, optim, steps)
+                        logs |= optimizer_step(
+                            accelerator, prepared, optimizer, factor, optim.grad_clip
+                        )
+                    else:
+                        optimizer.zero_grad(set_to_none=True)
                 window.add(logs)
                 if not accelerator.sync_gradients:
                     continue
@@ -185,11 +189,12 @@ class Phases:
                 bar.update()
                 if due(state.step, cfg.train.eval_every, steps):
                     self.validate(name, validate, ema_copy(unwrapped, ema), state.step)
-                if due(state.step, cfg.train.save_every, steps):
+                if guard.save_due(state.step, cfg.train.save_every, steps):
                     save_checkpoint(
                         accelerator, phase_dir, model=unwrapped, optimizer=optimizer, ema=ema,
                         state=state, keep_last=cfg.train.keep_last,
                     )  # fmt: skip
+                    guard.stop_if_asked(state.step, phase_dir)
         finally:
             bar.close()
         check_ranks_agree(accelerator, unwrapped)
@@ -217,23 +222,6 @@ def export_pipeline(
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return out
-
-
-def check_finite(phase: str, losses: dict[str, torch.Tensor], step: int, phase_dir: Path) -> None:
-    """Stop the run loudly when a loss is NaN or infinite, naming the last good checkpoint
-    (none is written for the diverged state, so the checkpoints on disk stay good)."""
-    bad = {k: v.item() for k, v in losses.items() if not torch.isfinite(v).all()}
-    if not bad:
-        return
-    done = sorted((phase_dir / CHECKPOINTS).glob("step_*"))
-    where = (
-        f"the last good checkpoint is {done[-1]} (continue from it with --resume {done[-1]}, "
-        "e.g. at a lower learning rate)"
-        if done
-        else "no checkpoint was written yet"
-    )
-    terms = ", ".join(f"{k} = {v}" for k, v in bad.items())
-    raise TrainingDiverged(f"{phase}: {terms} at step {step + 1}; training stopped; {where}")
 
 
 def exported_steps(folder: Path) -> int | None:
@@ -311,7 +299,6 @@ def save_grid(faces: list[torch.Tensor], ncols: int, phase_dir: Path, step: int)
 __all__ = [
     "EXPORT",
     "Phases",
-    "check_finite",
     "check_run",
     "ema_copy",
     "export_pipeline",

@@ -43,6 +43,7 @@ from scldm.config import Speech2FaceConfig, component_kwargs
 from scldm.data.datasets import SpeechFaceDataset, collate
 from scldm.errors import InputError
 from scldm.losses import s2f_loss
+from scldm.training.guard import guarded
 from scldm.training.loop import (
     crop_samples,
     make_accelerator,
@@ -103,6 +104,7 @@ def build_networks(
     return teacher, decoder, voice
 
 
+@guarded
 def train(cfg: Speech2FaceConfig, *, resume: str | None = None, cpu: bool = False) -> Path:
     """Train Speech2Face and return RUN/pipeline (a `Speech2FacePipeline`)."""
     frontend = SpectrogramFrontend(**cfg.frontend)

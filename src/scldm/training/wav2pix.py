@@ -45,6 +45,7 @@ from scldm.data.datasets import SpeechFaceDataset
 from scldm.errors import InputError
 from scldm.losses import batch_feature_matching_loss, lsgan_loss
 from scldm.training.gan import Players, train_gan
+from scldm.training.guard import guarded
 from scldm.training.loop import TrainState, make_accelerator, maybe_split, setup_run, step_generator
 from scldm.training.phases import (
     Phases,
@@ -117,6 +118,7 @@ class GeneratingSide(nn.Module):
         return self.generator(z, generator), z, self.classifier(z)
 
 
+@guarded
 def train(cfg: Wav2PixConfig, *, resume: str | None = None, cpu: bool = False) -> Path:
     """Train Wav2Pix and return RUN/pipeline (a `Wav2PixPipeline`)."""
     frontend = make_frontend(cfg)

@@ -46,6 +46,7 @@ from scldm.data.datasets import SpeechFaceDataset, collate
 from scldm.errors import InputError
 from scldm.losses import bce_gan_loss
 from scldm.training.gan import Players, train_gan
+from scldm.training.guard import guarded
 from scldm.training.loop import (
     TrainState,
     make_accelerator,
@@ -104,6 +105,7 @@ def _check_crops(cfg: WenConfig, frontend: FbankFrontend) -> None:
         )  # fmt: skip
 
 
+@guarded
 def train(cfg: WenConfig, *, resume: str | None = None, cpu: bool = False) -> Path:
     """Train Wen et al. and return RUN/pipeline (a `WenPipeline`)."""
     frontend = FbankFrontend(**cfg.frontend)

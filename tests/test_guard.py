@@ -1,0 +1,157 @@
+"""The run guard (scldm.training.guard): one run per folder, a checkpoint and a clean stop on
+SIGTERM/SIGINT that resumes exactly, and non-finite losses stopped or skipped (issue 24)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import scldm.training.encoders as encoders
+from scldm.cli import main
+from scldm.errors import InputError
+from scldm.training.guard import LOCK, RunGuard
+from test_train_encoders import TINY, _assert_equal, _cli, _weights, data  # noqa: F401
+
+
+def _pretrain(data, out, *extra: str) -> int:  # noqa: F811
+    return main(["pretrain", "--data", str(data), "--out", str(out), *TINY, *extra])
+
+
+def test_a_second_run_in_the_same_folder_is_refused_and_a_killed_run_leaves_no_lock(tmp_path):
+    run = tmp_path / "run"
+    with RunGuard(run):
+        with pytest.raises(InputError, match=f"in use by another run \\(process {os.getpid()}\\)"):
+            with RunGuard(run):
+                pass
+    with RunGuard(run):  # released on exit
+        pass
+    # a run killed with SIGKILL (no cleanup at all) does not leave the folder locked
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; "
+         "from scldm.training.guard import RunGuard; g = RunGuard(Path(sys.argv[1])).__enter__(); "
+         "print('locked', flush=True); time.sleep(60)", str(run)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline().strip() == "locked"
+    with pytest.raises(InputError, match=f"process {holder.pid}"):
+        RunGuard(run).__enter__()
+    holder.kill()
+    holder.wait()
+    with RunGuard(run):
+        assert (run / LOCK).read_text().strip() == str(os.getpid())
+
+
+def test_pretrain_into_a_folder_in_use_exits_2_with_one_line(data, tmp_path, capsys):  # noqa: F811
+    run = tmp_path / "run"
+    with RunGuard(run):
+        assert _pretrain(data, run) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is in use by another run" in err[0]
+    assert not (run / "checkpoints").exists()
+
+
+def _signal_at_call(monkeypatch, n: int, signum: int) -> None:
+    """Send this process `signum` during the n-th stage-1 loss (step n, counted from 1)."""
+    calls, loss_fn = [], encoders.encoder_stage_loss
+
+    def loss_then_signal(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == n:
+            os.kill(os.getpid(), signum)
+        return loss_fn(*args, **kwargs)
+
+    monkeypatch.setattr(encoders, "encoder_stage_loss", loss_then_signal)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_checkpoints_the_current_step_and_resume_equals_a_straight_run(
+    data,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+    capsys,
+    signum,
+):
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert _pretrain(data, straight) == 0  # 4 steps, checkpoints at 2 and 4
+    _signal_at_call(monkeypatch, 3, signum)
+    assert _pretrain(data, stopped) == 128 + signum
+    err = capsys.readouterr().err.strip().splitlines()
+    name = signal.Signals(signum).name
+    assert err[-1].startswith(f"scldm: stopped by {name} after step 3; checkpoint ")
+    assert err[-1].endswith("step_0000003 written; continue with --resume latest")
+    assert json.loads((stopped / "checkpoints/step_0000003/state.json").read_text())["step"] == 3
+    assert not (stopped / "export").exists()
+    # the handlers are the previous ones again once the run is over
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    args = ["pretrain", "--data", str(data), "--out", str(stopped), *TINY, "--resume", "latest"]
+    done = _cli(*args)
+    assert done.returncode == 0, done.stderr[-2000:]
+    final = "checkpoints/step_0000004"
+    _assert_equal(_weights(straight / final), _weights(stopped / final))
+
+
+def test_a_stop_signal_to_a_running_process_exits_143_with_a_checkpoint(data, tmp_path):  # noqa: F811
+    # the real thing: SIGTERM from outside, at whatever step the run has reached
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "scldm", "pretrain", "--data", str(data), "--out", str(run)]
+    args += [*TINY, "--set", "train.max_steps=100000", "--set", "train.log_every=1"]
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env={**os.environ,
+                            "OMP_NUM_THREADS": "1"})  # fmt: skip
+    deadline = time.time() + 120
+    while not ((run / "scalars.jsonl").is_file() and (run / "scalars.jsonl").read_text()):
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("scldm: stopped by SIGTERM after step ")
+    step = int(last.split("after step ")[1].split(";")[0])
+    assert (run / "checkpoints" / f"step_{step:07d}" / "digest.json").is_file()
+
+
+def _nan_at_call(monkeypatch, n: int) -> None:
+    """Make the n-th stage-1 loss NaN."""
+    calls, loss_fn = [], encoders.encoder_stage_loss
+
+    def loss(*args, **kwargs):
+        calls.append(1)
+        value, logs = loss_fn(*args, **kwargs)
+        return (value * float("nan"), logs) if len(calls) == n else (value, logs)
+
+    monkeypatch.setattr(encoders, "encoder_stage_loss", loss)
+
+
+def test_a_nan_loss_stops_stage_1_naming_the_step_and_the_last_good_checkpoint(
+    data,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+    capsys,
+):
+    run = tmp_path / "run"
+    _nan_at_call(monkeypatch, 3)
+    assert _pretrain(data, run) == 1
+    err = capsys.readouterr().err.strip().splitlines()  # the progress bar's, then one line
+    assert [line for line in err if line.startswith("scldm")] == err[-1:]
+    assert err[-1].startswith("scldm: error: pretrain: loss = nan at step 3; training stopped;")
+    assert "the last good checkpoint is " in err[-1] and "step_0000002" in err[-1]
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_0000002"]
+
+
+def test_skip_nonfinite_skips_the_update_and_the_run_finishes(data, tmp_path, monkeypatch, caplog):  # noqa: F811
+    straight, skipped = tmp_path / "straight", tmp_path / "skipped"
+    assert _pretrain(data, straight, "--set", "train.max_steps=2") == 0
+    _nan_at_call(monkeypatch, 3)
+    assert _pretrain(data, skipped, "--set", "train.skip_nonfinite=1") == 0
+    assert "its update is skipped (1 of train.skip_nonfinite = 1)" in caplog.text
+    w2 = _weights(skipped / "checkpoints/step_0000002")
+    _assert_equal(_weights(straight / "checkpoints/step_0000002"), w2)
+    w4 = _weights(skipped / "checkpoints/step_0000004")["model"]
+    assert all(torch.isfinite(v).all() for v in w4.values())
