@@ -98,17 +98,22 @@ def test_a_stop_signal_checkpoints_the_current_step_and_resume_equals_a_straight
 
 
 def test_a_stop_signal_to_a_running_process_exits_143_with_a_checkpoint(data, tmp_path):  # noqa: F811
-    # the real thing: SIGTERM from outside, at whatever step the run has reached
+    # the real thing: SIGTERM from outside, at whatever step the run has reached, to the whole
+    # process group as a scheduler sends it (the loader worker too, which leaves it to the main
+    # process)
     run = tmp_path / "run"
     args = [sys.executable, "-m", "scldm", "pretrain", "--data", str(data), "--out", str(run)]
     args += [*TINY, "--set", "train.max_steps=100000", "--set", "train.log_every=1"]
-    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env={**os.environ,
-                            "OMP_NUM_THREADS": "1"})  # fmt: skip
+    args += ["--set", "data.num_workers=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        args, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
     deadline = time.time() + 120
     while not ((run / "scalars.jsonl").is_file() and (run / "scalars.jsonl").read_text()):
         assert time.time() < deadline and proc.poll() is None
         time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err[-2000:]
     last = err.strip().splitlines()[-1]
