@@ -31,7 +31,7 @@ def tiny_pipeline(tmp_path_factory) -> Path:
     return path
 
 
-def test_train_then_generate(tiny_stage1, tmp_path, capsys):
+def test_train_then_generate(tiny_stage1, tmp_path, capsys, caplog):
     data, enc = tiny_stage1
     run = tmp_path / "ldm"
     args = ["train", "--encoders", str(enc), "--data", str(data), "--out", str(run)]
@@ -65,6 +65,12 @@ def test_train_then_generate(tiny_stage1, tmp_path, capsys):
     out = tmp_path / "faces"
     gen = ["generate", *map(str, voices), "--model", str(run / "pipeline"), "-o", str(out)]
     assert main([*gen, "--num-images", "2", "--steps", "3", "--seed", "5"]) == 0
+    # trained on SynthVox: the export says so, and generate says it once
+    meta = json.loads((run / "pipeline" / "unet" / "scldm_meta.json").read_text())
+    assert meta["training_data"] == {"path": str(data.resolve()), "name": "SynthVox",
+                                     "synthetic": True}  # fmt: skip
+    notes = [r for r in caplog.records if "synthetic voices only" in r.getMessage()]
+    assert len(notes) == 1 and "SynthVox's synthetic voices only" in notes[0].getMessage()
     printed = capsys.readouterr().out.split()
     assert len(printed) == 5 and printed[-1].endswith("grid.png")
     name = f"{voices[0].parent.name}_0"  # two files named 0.wav: the folder joins the name

@@ -13,9 +13,12 @@ from scldm.audio.files import (
     MIN_SECONDS,
     SAMPLE_RATE,
     AudioInput,
+    duration_seconds,
     load_audio,
     loop_to_length,
     random_crop,
+    speech_problem,
+    wav_truncation,
     waveform_array,
 )
 from scldm.audio.spectrogram import SpectrogramFrontend, waveform_from
@@ -29,10 +32,13 @@ __all__ = [
     "FbankFrontend",
     "SpectrogramFrontend",
     "WaveformFrontend",
+    "duration_seconds",
     "load_audio",
     "loop_to_length",
     "random_crop",
+    "speech_problem",
     "vad_trim",
+    "wav_truncation",
     "waveform_array",
     "waveform_from",
 ]

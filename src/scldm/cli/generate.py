@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import shutil
+import tempfile
 from pathlib import Path
 
 from scldm.cli.options import (
@@ -83,20 +86,86 @@ def _voices(args: argparse.Namespace) -> list[Path]:
             "%d audio file(s) given more than once: each is generated once",
             len(voices) - len(unique),
         )
-    _check_readable(unique)
+    _check_readable(unique, args.model)
+    _check_writable(args.out)
     return unique
 
 
-def _check_readable(voices: list[Path]) -> None:
-    """Read the start of every file before any face is made, so a bad one among many stops
-    the command before the good ones are written (the model's front end checks the rest)."""
-    from scldm.audio import MIN_SECONDS, SAMPLE_RATE, load_audio
+def _check_readable(voices: list[Path], model: Path) -> None:
+    """Read what the model will hear of every file before any face is made, so a bad one among
+    many stops the command before the good ones are written: refused when unreadable,
+    truncated, too short, silent or without speech; a notice when only the start of a long
+    file is used or a short one is looped."""
+    from scldm.audio import (
+        MIN_SECONDS,
+        SAMPLE_RATE,
+        duration_seconds,
+        load_audio,
+        speech_problem,
+        wav_truncation,
+    )
 
+    segment = _input_seconds(model)
     for path in voices:
-        wave = load_audio(path, max_seconds=1.0)
-        if wave.size < MIN_SECONDS * SAMPLE_RATE:
-            seconds = wave.size / SAMPLE_RATE
+        if path.suffix.lower() == ".wav" and path.is_file() and (cut := wav_truncation(path)):
+            raise InputError(path, cut)
+        wave = load_audio(path, max_seconds=segment or 6.0)
+        seconds = wave.size / SAMPLE_RATE
+        if seconds < MIN_SECONDS:
             raise InputError(path, f"too short ({seconds:.3f} s; at least {MIN_SECONDS} s)")
+        if problem := speech_problem(wave):
+            raise InputError(path, problem)
+        if segment is None:
+            continue
+        total = duration_seconds(path)
+        if total is not None and total > segment + 0.5:
+            log.info("%s: %.1f s long; the model hears its first %g s", path, total, segment)
+        elif seconds < segment - 0.01:
+            log.warning(
+                "%s: %.2f s long; looped %.0f times to fill the model's %g s input",
+                path, seconds, segment / seconds, segment,
+            )  # fmt: skip
+
+
+def _input_seconds(model: Path) -> float | None:
+    """The seconds of audio the model's front end reads (its saved config), when it says."""
+    try:
+        config = json.loads((model / "frontend" / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    seconds = config.get("segment_seconds")
+    return float(seconds) if isinstance(seconds, int | float) else None
+
+
+def _check_writable(out: Path) -> None:
+    """Whether faces can be written to -o (made and written to once, then left as it was), so
+    a read-only or impossible location is refused in one line before any generation."""
+    missing = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise InputError(out, f"cannot write faces there ({e.strerror or e})") from None
+    finally:
+        if missing is not None and missing.is_dir():  # made by this check: removed again
+            shutil.rmtree(missing, ignore_errors=True)
+
+
+def _trained_on_note(model: Path) -> None:
+    """One line when the model was trained on synthetic voices only (its export's metadata)."""
+    for meta in sorted(model.glob("*/scldm_meta.json")):
+        try:
+            data = json.loads(meta.read_text()).get("training_data") or {}
+        except (OSError, ValueError):
+            continue
+        if data.get("synthetic"):
+            log.warning(
+                "note: this model was trained on %s's synthetic voices only; for a real voice "
+                "its faces show what it learnt there, not that person",
+                data.get("name", "synthetic data"),
+            )
+            return
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -108,6 +177,7 @@ def _generate(args: argparse.Namespace) -> int:
     sampling_overrides(args)  # checked before anything loads
     voices = _voices(args)
     model = load_model(args)
+    _trained_on_note(args.model)
     warn_if_identical(model, args.num_images)
     stems = [p.stem for p in voices]
     if len(set(stems)) < len(stems):  # a/0.wav and b/0.wav: keep the folder in the name

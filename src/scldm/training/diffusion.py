@@ -18,6 +18,7 @@ from diffusers import DDPMScheduler
 from torch.utils.data import BatchSampler, DataLoader, Sampler, TensorDataset
 
 from scldm.config import DiffusionStageConfig
+from scldm.data.synthvox import training_data
 from scldm.diffusion.objective import diffusion_loss
 from scldm.diffusion.pipeline import SpeechToFacePipeline
 from scldm.diffusion.prior import FacePrior
@@ -291,7 +292,13 @@ def export(
         )
         pipe.save_pretrained(out)
         for part in ("unet", "prior"):
-            write_meta(out / part, run_dir, state.step, encoders=str(encoders.path))
+            write_meta(
+                out / part,
+                run_dir,
+                state.step,
+                encoders=str(encoders.path),
+                training_data=training_data(cfg.data.root),
+            )
         plot_scalars(run_dir, CURVES, run_dir / "curves.png")
         log.info("exported %s", out)
     accelerator.wait_for_everyone()

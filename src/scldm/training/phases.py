@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Subset
 
 from scldm.config import EvalConfig, OptimConfig, load_config
 from scldm.data.datasets import SpeakerBatchSampler, SpeechFaceDataset, collate
+from scldm.data.synthvox import training_data
 from scldm.errors import InputError
 from scldm.faces import make_grid, save_image, to_pil
 from scldm.io import write_json
@@ -216,7 +217,9 @@ def export_pipeline(
     if accelerator.is_main_process:
         pipe.save_pretrained(out)
         for part in parts:
-            write_meta(out / part, run_dir, steps)
+            write_meta(
+                out / part, run_dir, steps, training_data=training_data(phases.cfg.data.root)
+            )
         write_json(run_dir / "metrics.json", metrics, indent=2)
         log.info("exported %s; %s", out, metrics)
     accelerator.wait_for_everyone()

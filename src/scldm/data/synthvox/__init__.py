@@ -7,7 +7,7 @@ and only those, are in the audio (`probe`). See docs/synthvox.md.
 """
 
 from scldm.data.synthvox.attributes import Speaker, sample_speaker
-from scldm.data.synthvox.generate import prepare_synthvox
+from scldm.data.synthvox.generate import prepare_synthvox, training_data
 from scldm.data.synthvox.looks import looks_of, pose_of
 from scldm.data.synthvox.render import render, render_face
 from scldm.data.synthvox.voice import synthesize, synthesize_clip, voice_params
@@ -22,5 +22,6 @@ __all__ = [
     "sample_speaker",
     "synthesize",
     "synthesize_clip",
+    "training_data",
     "voice_params",
 ]

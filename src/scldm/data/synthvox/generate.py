@@ -23,6 +23,17 @@ from scldm.faces import save_image
 from scldm.io import write_text
 
 SETTINGS_NAME = "synthvox.json"
+
+
+def training_data(root: str | Path) -> dict[str, Any]:
+    """What a model trained on the prepared dataset `root` was trained on, for its export's
+    metadata (`generate` says so when it is synthetic): {"path", "name", "synthetic"}."""
+    root = Path(root)
+    synthetic = (root / SETTINGS_NAME).is_file()
+    name = "SynthVox" if synthetic else root.name
+    return {"path": str(root.resolve()), "name": name, "synthetic": synthetic}
+
+
 FORMAT_VERSION = 1  # bump when the generator changes what a seed produces
 
 
