@@ -64,45 +64,66 @@ def test_clip_loss_masks_same_speaker_negatives_as_if_removed():
     assert torch.allclose(masked, expected, atol=1e-6)
 
 
-def fake_ranks(monkeypatch, rank: int, world: int, global_tensors: list[torch.Tensor]) -> None:
-    """Pretend to be `rank` of `world` processes. The i-th all_gather returns the world chunks
-    of global_tensors[i], the local chunk being the caller's own tensor (so the gradient path
-    is the one the real collective gives)."""
+def fake_ranks(
+    monkeypatch, rank: int, sizes: list[int], global_tensors: list[torch.Tensor]
+) -> None:
+    """Pretend to be `rank` of len(sizes) processes holding sizes[r] rows each. The first
+    all_gather shares the sizes; the i-th gradient-carrying one returns each rank's rows of
+    global_tensors[i] padded with zeros to the largest size, the local chunk being the caller's
+    own tensor (so the gradient path is the one the real collective gives)."""
     import torch.distributed.nn.functional as dist_fn
 
     pending = iter(global_tensors)
+    starts = [sum(sizes[:r]) for r in range(len(sizes))]
+
+    def all_gather_sizes(out, size):
+        assert int(size) == sizes[rank]
+        for r, n in enumerate(sizes):
+            out[r].fill_(n)
 
     def all_gather(x):
-        chunks = list(next(pending).chunk(world))
-        assert torch.allclose(chunks[rank], x)
+        full, most = next(pending), max(sizes)
+        assert len(x) == most
+        chunks = []
+        for start, n in zip(starts, sizes, strict=True):
+            chunk = full[start : start + n]
+            chunk = torch.cat([chunk, chunk.new_zeros(most - n, *chunk.shape[1:])])
+            chunks.append(chunk)
+        assert torch.allclose(chunks[rank].float(), x.float())
         chunks[rank] = x
         return tuple(chunks)
 
     monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
-    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: world)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: len(sizes))
     monkeypatch.setattr(torch.distributed, "get_rank", lambda: rank)
+    monkeypatch.setattr(torch.distributed, "all_gather", all_gather_sizes)
     monkeypatch.setattr(dist_fn, "all_gather", all_gather)
 
 
 @pytest.mark.parametrize("with_speakers", [False, True])
-def test_clip_loss_gathered_equals_single_process(monkeypatch, with_speakers):
-    world, local = 3, 4
-    speech, face = pairs(world * local)
-    speakers = torch.tensor([0, 1, 2, 3, 4, 0, 5, 6, 7, 8, 3, 9]) if with_speakers else None
+@pytest.mark.parametrize("sizes", [[4, 4, 4], [4, 3, 4]], ids=["equal", "a clip left out"])
+def test_clip_loss_gathered_equals_single_process(monkeypatch, with_speakers, sizes):
+    """Also when one rank left an unreadable clip out of its batch: the rows are padded for the
+    collective and dropped after, so every rank scores against the 11 real columns."""
+    n = sum(sizes)
+    speech, face = pairs(12)
+    speech, face = speech[:n], face[:n]
+    speakers = torch.tensor([0, 1, 2, 3, 4, 0, 5, 6, 7, 8, 3, 9])[:n] if with_speakers else None
     full, _ = clip_loss(speech, face, SCALE, speaker_ids=speakers)
     gathered = [F.normalize(speech, dim=-1), F.normalize(face, dim=-1)]
     gathered += [speakers] if with_speakers else []
     per_rank = []
-    for rank in range(world):
-        rows = slice(rank * local, (rank + 1) * local)
+    for rank, size in enumerate(sizes):
+        rows = slice(sum(sizes[:rank]), sum(sizes[:rank]) + size)
         with monkeypatch.context() as m:
-            fake_ranks(m, rank, world, gathered)
+            fake_ranks(m, rank, sizes, gathered)
             ids = speakers[rows] if with_speakers else None
             loss, _ = clip_loss(speech[rows], face[rows], SCALE, speaker_ids=ids, gather=True)
-        per_rank.append(loss)
-    # DDP averages the per-rank losses' gradients: the mean is the global batch's loss
-    assert torch.allclose(torch.stack(per_rank).mean(), full, atol=1e-6)
+        per_rank.append(loss * size)
+    # DDP averages the per-rank losses' gradients: the mean (weighted by rows when the ranks'
+    # batches differ) is the global batch's loss
+    assert torch.allclose(torch.stack(per_rank).sum() / n, full, atol=1e-6)
 
 
 def test_clip_loss_without_distributed_ignores_gather():

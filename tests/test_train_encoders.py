@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -249,10 +250,18 @@ def test_training_window_longer_than_the_segment_is_a_clear_error(data, tmp_path
 
 @pytest.mark.slow  # two CPU processes through `accelerate launch`
 def test_two_processes_through_accelerate(data, tmp_path):
+    """With negatives gathered across the processes and a quarter of the clips unreadable, so
+    that the two ranks' batches differ in size: no stall, no crash, the clips skipped."""
+    damaged = tmp_path / "data"
+    shutil.copytree(data, damaged)
+    wavs = sorted((damaged / "audio").rglob("*.wav"))
+    for wav in wavs[::4]:
+        wav.write_bytes(b"damaged after prepare")
     run = tmp_path / "ddp"
-    args = ["pretrain", "--data", str(data), "--out", str(run), *TINY, "--cpu"]
-    done = _cli(*args, nproc=2)
+    args = ["pretrain", "--data", str(damaged), "--out", str(run), *TINY, "--cpu"]
+    done = _cli(*args, "--set", "gather_negatives=true", nproc=2)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "skipping unreadable clip" in done.stderr
     log = (run / "log.txt").read_text()
     assert "parameters identical on all 2 processes" in log  # an all-gather at the end
     assert "global batch 8" in log  # 2 processes × batch 4

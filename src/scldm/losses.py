@@ -25,11 +25,24 @@ AdversarialTerms = Callable[
 ]
 
 
-def _all_gather(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate x (B, ...) from every rank in rank order, keeping the gradient path."""
+def _all_gather(*xs: torch.Tensor) -> tuple[list[torch.Tensor], int]:
+    """Concatenate each x (B, ...) from every rank in rank order, keeping the gradient path,
+    and return them with this rank's offset in the concatenation. Ranks may hold batches of
+    different sizes (a clip left out as unreadable): rows are padded to the largest for the
+    collective and the padding dropped after."""
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x), dim=0)
+    size = torch.tensor([len(xs[0])], device=xs[0].device)
+    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, size)
+    counts = [int(n) for n in sizes]
+    most = max(counts)
+    out = []
+    for x in xs:
+        padded = F.pad(x, (0, 0) * (x.dim() - 1) + (0, most - len(x))) if len(x) < most else x
+        parts = all_gather(padded)
+        out.append(torch.cat([part[:n] for part, n in zip(parts, counts, strict=True)], dim=0))
+    return out, sum(counts[: dist.get_rank()])
 
 
 def clip_loss(
@@ -47,8 +60,9 @@ def clip_loss(
     same speaker other than the true pair are masked out of the softmax: they are not
     negatives. With `gather=True` and torch.distributed initialised, features of all ranks are
     gathered with gradient and the local rows are scored against all columns, labels
-    arange(B) + rank·B (open_clip's local loss); the mean over ranks equals the loss of the
-    whole global batch. Every rank must pass the same batch size.
+    arange(B) + the rows of the ranks before (open_clip's local loss); with equal batches the
+    mean over ranks equals the loss of the whole global batch. Ranks may pass batches of
+    different sizes (a clip left out as unreadable).
 
     Returns (loss, logs) with logs["accuracy"], the in-batch speech→face top-1 accuracy of the
     local rows, and logs["logit_scale"], exp(logit_scale); both detached.
@@ -59,9 +73,12 @@ def clip_loss(
     labels = torch.arange(batch, device=speech.device)
     all_speech, all_face, all_ids = speech, face, speaker_ids
     if gather and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        labels = labels + dist.get_rank() * batch
-        all_speech, all_face = _all_gather(speech), _all_gather(face)  # (W·B, D)
-        all_ids = None if speaker_ids is None else _all_gather(speaker_ids)
+        if speaker_ids is None:
+            (all_speech, all_face), offset = _all_gather(speech, face)  # (ΣB, D)
+        else:
+            ids = speaker_ids.to(speech.device)
+            (all_speech, all_face, all_ids), offset = _all_gather(speech, face, ids)
+        labels = labels + offset
     scale = logit_scale.exp()
     logits_s2f = scale * speech @ all_face.T  # (B, W·B)
     logits_f2s = scale * face @ all_speech.T

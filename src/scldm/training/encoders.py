@@ -35,6 +35,7 @@ from scldm.training.loop import (
     LogWindow,
     TrainState,
     background_worker,
+    batch_everywhere,
     batch_stream,
     check_ranks_agree,
     crop_samples,
@@ -176,7 +177,7 @@ def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = Fal
         for batch in batch_stream(loader, sampler, state.step, accelerator):
             if state.step >= cfg.train.max_steps:
                 break
-            if batch is None:  # every clip of it unreadable (logged by `collate`)
+            if not batch_everywhere(batch, accelerator):  # all clips unreadable somewhere
                 continue
             with accelerator.accumulate(model, *([adversary.disc] if adversary else [])):
                 wave = batch["waveform"]

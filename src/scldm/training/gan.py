@@ -32,6 +32,7 @@ from scldm.training.guard import active
 from scldm.training.loop import (
     LogWindow,
     TrainState,
+    batch_everywhere,
     batch_stream,
     check_ranks_agree,
     due,
@@ -158,7 +159,7 @@ def train_gan(
         for batch in batch_stream(loader, sampler, state.step, accelerator):
             if state.step >= steps:
                 break
-            if batch is None:  # every clip of it unreadable (logged by `collate`)
+            if not batch_everywhere(batch, accelerator):  # all clips unreadable somewhere
                 continue
             with accelerator.autocast():
                 fake = method.generate(g_view, batch, state)

@@ -148,6 +148,18 @@ def batch_stream(
         epoch, skip = epoch + 1, 0
 
 
+def batch_everywhere(batch: Any, accelerator: Accelerator) -> bool:
+    """Whether every process has a batch this step (`collate` gives None when all of a batch's
+    clips were unreadable). When one has none, all skip the step together: a process that
+    skipped alone would leave the others waiting in a collective for ever."""
+    have = batch is not None
+    if accelerator.num_processes == 1:
+        return have
+    flag = torch.tensor([float(have)], device=accelerator.device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MIN)
+    return bool(flag.item())
+
+
 def maybe_split(
     data: DataConfig, frontend: SpectrogramFrontend, split: str
 ) -> SpeechFaceDataset | None:

@@ -36,6 +36,7 @@ from scldm.training.loop import (
     LogWindow,
     TrainState,
     background_worker,
+    batch_everywhere,
     batch_stream,
     check_ranks_agree,
     due,
@@ -167,7 +168,7 @@ class Phases:
             for batch in batch_stream(loader, sampler, state.step, accelerator):
                 if state.step >= steps:
                     break
-                if batch is None:  # every clip of it unreadable (logged by `collate`)
+                if not batch_everywhere(batch, accelerator):  # all clips unreadable somewhere
                     continue
                 with accelerator.accumulate(prepared):
                     loss, logs = loss_fn(prepared, batch, state)
