@@ -47,6 +47,8 @@ def vox1(tmp_path):
     (audio / "id10002" / "1zcIwhmdeo4" / "00002.wav").write_bytes(b"RIFF broken")  # corrupt
     write_wav(audio / "id19999" / "abc" / "00001.wav", tone(200, 1.0))  # not in the meta file
     shutil.rmtree(faces / "Gary_Oldman")  # a speaker without faces
+    # an utterance without its own face track: a frame of the speaker's other track stands in
+    shutil.rmtree(faces / "Fiona_Apple" / "1.6" / "1zcIwhmdeo4" / "2")
     return tmp_path, audio, meta
 
 
@@ -75,6 +77,8 @@ def test_prepare_voxceleb1_official_split(vox1, capsys):
     assert len(rows) == 13  # 8 speakers × 2, minus corrupt, minus Gary's 2 clips
     assert "1  unreadable audio" in summary and "2  no face images" in summary
     assert "1  speaker not in the meta file" in summary
+    assert "1  faces from another face track of the speaker (none for the utterance)" in summary
+    assert [r["utterance"] for r in rows if r["face_from_other_track"]] == ["00002"]
     by_spk = {r["speaker_id"]: r for r in rows}
     assert by_spk["id10007"]["split"] == by_spk["id10008"]["split"] == "test"
     assert by_spk["id10003"]["gender"] == "f" and by_spk["id10003"]["name"] == "Bella_Thorne"

@@ -36,9 +36,13 @@ class PrepareReport:
     skipped: Counter = field(default_factory=Counter)
     splits: Counter = field(default_factory=Counter)
     speakers: int = 0
+    noted: Counter = field(default_factory=Counter)  # clips kept with a caveat, by caveat
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] += 1
+
+    def note(self, caveat: str) -> None:
+        self.noted[caveat] += 1
 
     def summary(self) -> str:
         lines = [
@@ -51,6 +55,9 @@ class PrepareReport:
             lines += [f"  {n:6d}  {reason}" for reason, n in self.skipped.most_common()]
         else:
             lines.append("skipped 0")
+        if self.noted:
+            lines.append(f"kept with a caveat {sum(self.noted.values())}:")
+            lines += [f"  {n:6d}  {caveat}" for caveat, n in self.noted.most_common()]
         return "\n".join(lines)
 
 

@@ -134,19 +134,22 @@ class _SpeakerFaces:
         frames = _images(track) if track.is_dir() else []
         return frames[len(frames) // 2] if frames else None
 
-    def pick(self, utterance: Path, index: int) -> Path | None:
+    def pick(self, utterance: Path, index: int) -> tuple[Path | None, bool]:
+        """(the face image, whether it is a frame of the utterance's own track)."""
         tracks = self.face_dir / "1.6"
         if utterance.stem.isdigit():
             face = self._track_face(tracks / utterance.parent.name / str(int(utterance.stem)))
             if face is not None:
-                return face
+                return face, True
         if self._fallback is None:
             if tracks.is_dir():
                 found = (self._track_face(t) for t in sorted(tracks.glob("*/*")))
                 self._fallback = [f for f in found if f is not None]
             else:
                 self._fallback = _images(self.face_dir)
-        return self._fallback[index % len(self._fallback)] if self._fallback else None
+        if not self._fallback:
+            return None, False
+        return self._fallback[index % len(self._fallback)], not tracks.is_dir()
 
 
 def _speaker_face_dir(data: Path, spk: Speaker) -> Path | None:
@@ -207,10 +210,12 @@ def prepare_voxceleb(
             continue
         faces = _SpeakerFaces(face_dir)
         for i, utt in enumerate(paths[:max_clips_per_speaker]):
-            face = faces.pick(utt, i)
+            face, own = faces.pick(utt, i)
             if face is None:
                 report.skip("no face image for the utterance")
                 continue
+            if not own:  # kept, and said: the face is the speaker's, not of this clip
+                report.note("faces from another face track of the speaker (none for the utterance)")
             jobs.append(
                 ClipJob(
                     speaker_id=spk_id,
@@ -226,6 +231,7 @@ def prepare_voxceleb(
                         "nationality": spk.nationality,
                         "orig_audio": utt.relative_to(audio_root).as_posix(),
                         "orig_face": face.relative_to(data).as_posix(),
+                        "face_from_other_track": not own,
                     },
                 )
             )
