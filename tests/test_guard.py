@@ -160,3 +160,35 @@ def test_skip_nonfinite_skips_the_update_and_the_run_finishes(data, tmp_path, mo
     _assert_equal(_weights(straight / "checkpoints/step_0000002"), w2)
     w4 = _weights(skipped / "checkpoints/step_0000004")["model"]
     assert all(torch.isfinite(v).all() for v in w4.values())
+
+
+def test_a_checkpoint_that_cannot_be_written_stops_in_one_line_and_keeps_the_last_one(
+    data,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+    capsys,
+):
+    """Disk full while saving step 4: exit 1, one line naming the intact step 2, no leftovers."""
+    import errno
+
+    import scldm.training.checkpoint as checkpoint
+
+    save_file, calls = checkpoint.save_file, []
+
+    def fill_up(tensors, path, *args, **kwargs):
+        calls.append(path)
+        if "step_0000004" in str(path) and "ema" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return save_file(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save_file", fill_up)
+    run = tmp_path / "run"
+    assert _pretrain(data, run) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [line for line in err if line.startswith("scldm")] == err[-1:]
+    assert err[-1].startswith("scldm: error: could not write the checkpoint of step 4 to ")
+    assert err[-1].endswith(
+        f"(No space left on device); the last checkpoint, {run}/checkpoints/step_0000002, is intact"
+    )
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_0000002"]
+    assert checkpoint.damage(run / "checkpoints" / "step_0000002") is None

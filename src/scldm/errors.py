@@ -25,6 +25,11 @@ class TrainingDiverged(RuntimeError):
     loss, the step and the last good checkpoint to resume from. The CLI exits with status 1."""
 
 
+class CheckpointNotSaved(RuntimeError):
+    """A checkpoint could not be written (disk full, folder gone); the previous one is intact.
+    The message is one line; the CLI exits with status 1."""
+
+
 class Preempted(RuntimeError):
     """Training stopped on SIGTERM or SIGINT after writing a checkpoint at the current step. The
     message is one line naming it; the CLI exits with status 128 + the signal."""

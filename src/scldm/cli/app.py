@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from scldm import __version__
 from scldm.cli import compare, generate, prepare, train
 from scldm.cli.options import Command, add_commands
-from scldm.errors import InputError, Preempted, TrainingDiverged
+from scldm.errors import CheckpointNotSaved, InputError, Preempted, TrainingDiverged
 
 COMMANDS: tuple[Command, ...] = (
     prepare.PREPARE,
@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as e:
         print(f"scldm: error: {e}", file=sys.stderr)
         return 2
-    except TrainingDiverged as e:
+    except (TrainingDiverged, CheckpointNotSaved) as e:
         print(f"scldm: error: {e}", file=sys.stderr)
         return 1
     except Preempted as e:

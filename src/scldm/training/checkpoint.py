@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from scldm import __version__
-from scldm.errors import InputError
+from scldm.errors import CheckpointNotSaved, InputError
 from scldm.io import write_json
 from scldm.optim import EMA
 from scldm.training.loop import TrainState, trim_scalars
@@ -99,6 +99,40 @@ def save_checkpoint(
     NAME.safetensors with its optimizer in NAME_optimizer.safetensors/.json."""
     path = checkpoint_dir(run_dir, state.step)
     tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        _write_checkpoint(accelerator, tmp, model, optimizer, ema, state, extras)
+        if accelerator.is_main_process:
+            files = sorted(p.name for p in tmp.iterdir() if p.is_file())
+            digest = {name: _sha256(tmp / name) for name in files}
+            write_json(tmp / DIGEST, digest, indent=1)
+    except (OSError, SafetensorError) as e:  # disk full, folder removed: the older ones stay
+        shutil.rmtree(tmp, ignore_errors=True)
+        done = sorted((run_dir / CHECKPOINTS).glob("step_*"))
+        kept = f"the last checkpoint, {done[-1]}, is intact" if done else "no checkpoint yet"
+        raise CheckpointNotSaved(
+            f"could not write the checkpoint of step {state.step} to {tmp.parent} "
+            f"({getattr(e, 'strerror', None) or e}); {kept}"
+        ) from None
+    if accelerator.is_main_process:
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.replace(path)
+        done = sorted((run_dir / CHECKPOINTS).glob("step_*"))
+        for old in done[: max(0, len(done) - keep_last)]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def _write_checkpoint(
+    accelerator: Accelerator,
+    tmp: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ema: EMA,
+    state: TrainState,
+    extras: Mapping[str, tuple[torch.nn.Module, torch.optim.Optimizer]] | None,
+) -> None:
+    """Every file of a checkpoint into `tmp`, but its digest."""
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -121,16 +155,6 @@ def save_checkpoint(
         rng["cuda"] = torch.cuda.get_rng_state()
     save_file(rng, tmp / f"rng_{accelerator.process_index}.safetensors")
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        files = sorted(p.name for p in tmp.iterdir() if p.is_file())
-        write_json(tmp / DIGEST, {name: _sha256(tmp / name) for name in files}, indent=1)
-        shutil.rmtree(path, ignore_errors=True)
-        tmp.replace(path)
-        done = sorted((run_dir / CHECKPOINTS).glob("step_*"))
-        for old in done[: max(0, len(done) - keep_last)]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return path
 
 
 def _sha256(path: Path) -> str:
