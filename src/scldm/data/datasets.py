@@ -200,7 +200,7 @@ def stack(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     `default_collate` does), since the batch crosses to the main process through shared memory
     anyway. Stacked in private memory and then copied, each batch's size stayed behind in the
     worker: 23.5 MB a batch at `small` (its 6 s waveforms), 8 GB after 350 steps
-    (benchmarks/results/memory.md)."""
+    (docs/notes/2026-11-30-loader-memory.md)."""
     if get_worker_info() is None:
         return torch.stack(list(tensors))
     first = tensors[0]
