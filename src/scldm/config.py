@@ -110,17 +110,6 @@ class SamplingConfig:
 
 
 @dataclass(frozen=True)
-class DecoderRefineConfig:
-    """Stage 2's refinement of the stage-1 face decoder on the frozen encoder's latents of the
-    training faces (L1, AdamW, warmup then cosine to 0), before the UNet trains. 0 steps: the
-    stage-1 decoder as it is. The encoders, the latents and so the cache and prior are untouched."""
-
-    steps: int = 0
-    lr: float = 1e-3
-    batch_size: int = 64
-
-
-@dataclass(frozen=True)
 class AdversarialConfig:
     """Stage 1's PatchGAN on the face autoencoder's reconstructions (VQGAN's recipe, as latent
     diffusion trains its autoencoder): the autoencoder adds `weight` · w · L_adv, w the adaptive
@@ -140,6 +129,20 @@ class AdversarialConfig:
     @property
     def enabled(self) -> bool:
         return self.weight > 0 or self.feature_matching > 0
+
+
+@dataclass(frozen=True)
+class DecoderRefineConfig:
+    """Stage 2's refinement of the stage-1 face decoder on the frozen encoder's latents of the
+    training faces (L1, AdamW, warmup then cosine to 0), before the UNet trains. 0 steps: the
+    stage-1 decoder as it is. The encoders, the latents and so the cache and prior are untouched.
+    `adversarial`: a PatchGAN against the refined reconstructions, as in stage 1 (its
+    `start_step` counts refinement steps)."""
+
+    steps: int = 0
+    lr: float = 1e-3
+    batch_size: int = 64
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
 
 
 @dataclass(frozen=True)

@@ -26,13 +26,14 @@ from scldm.models.discriminator import DISCRIMINATOR_PRESETS, PatchDiscriminator
 
 class Adversary:
     """The discriminator D of stage 1 with its AdamW, prepared by `accelerator` (DDP on many
-    processes). Its weights and optimizer go into every checkpoint beside the model's
-    (`checkpoint_parts`); D is not exported: only training needs it."""
+    processes; None: plain torch in one process, as stage 2's decoder refinement runs it). Its
+    weights and optimizer go into every checkpoint beside the model's (`checkpoint_parts`); D
+    is not exported: only training needs it."""
 
     def __init__(
         self,
         cfg: AdversarialConfig,
-        accelerator: Accelerator,
+        accelerator: Accelerator | None,
         last_layer: torch.Tensor,
         max_weight: float = 1e4,
     ):
@@ -46,8 +47,12 @@ class Adversary:
         optimizer = torch.optim.AdamW(disc.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=0)
         self.cfg, self.accelerator, self.max_weight = cfg, accelerator, max_weight
         self.last_layer = last_layer  # the decoder's output conv weight: VQGAN's adaptive weight
-        self.disc, self.optimizer = accelerator.prepare(disc, optimizer)
-        self.module: PatchDiscriminator = accelerator.unwrap_model(self.disc)
+        if accelerator is None:  # one process, on the last layer's device (the decoder's)
+            self.disc, self.optimizer = disc.to(last_layer.device), optimizer
+            self.module: PatchDiscriminator = self.disc
+        else:
+            self.disc, self.optimizer = accelerator.prepare(disc, optimizer)
+            self.module = accelerator.unwrap_model(self.disc)
 
     def active(self, step: int) -> bool:
         return step >= self.cfg.start_step
@@ -94,9 +99,13 @@ class Adversary:
         logits = self.disc(both)[-1]
         real, fake = logits[: len(faces)], logits[len(faces) :]
         loss = hinge_discriminator_loss(real, fake)
-        self.accelerator.backward(loss)
-        if self.accelerator.sync_gradients:
-            self.accelerator.clip_grad_norm_(self.disc.parameters(), grad_clip)
+        if self.accelerator is None:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.disc.parameters(), grad_clip)
+        else:
+            self.accelerator.backward(loss)
+            if self.accelerator.sync_gradients:
+                self.accelerator.clip_grad_norm_(self.disc.parameters(), grad_clip)
         for group in self.optimizer.param_groups:
             group["lr"] = self.cfg.lr * lr_factor
         self.optimizer.step()

@@ -15,6 +15,7 @@ settings reuses it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -32,6 +33,7 @@ from scldm.evaluation.metrics import psnr
 from scldm.faces import load_face_tensor
 from scldm.models import FaceDecoder
 from scldm.optim import lr_at, set_lr
+from scldm.training.adversarial import Adversary
 from scldm.training.latents import Encoders, LatentCache, digest_parts
 
 log = logging.getLogger("scldm.train")
@@ -64,9 +66,15 @@ def refine(
     progress: bool = True,
 ) -> FaceDecoder:
     """A copy of `decoder` trained `cfg.steps` steps to map `latents` to `faces` (uint8; L1 in
-    [-1, 1], random batches of `cfg.batch_size` drawn from a seeded generator), returned on the
-    CPU in eval mode."""
+    [-1, 1], random batches of `cfg.batch_size` drawn from a seeded generator; with
+    `cfg.adversarial`, against a PatchGAN from its `start_step` on, as stage 1 trains it),
+    returned on the CPU in eval mode."""
     decoder = copy.deepcopy(decoder).float().to(device).train().requires_grad_(True)
+    adversary = None
+    if cfg.adversarial.enabled:  # seeded, and leaving the global RNG as it was
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            adversary = Adversary(cfg.adversarial, None, decoder.conv_out.weight)
     optim = OptimConfig(
         lr=cfg.lr, warmup_steps=min(50, cfg.steps // 10), min_lr_ratio=0.0, weight_decay=0.01
     )
@@ -78,13 +86,21 @@ def refine(
     for step in bar:
         idx = torch.randint(len(latents), (min(cfg.batch_size, len(latents)),), generator=g)
         target = faces[idx].to(device).float() / 127.5 - 1
-        loss = (decoder(latents[idx].to(device)) - target).abs().mean()
-        set_lr(opt, lr_at(step, optim, cfg.steps))
+        reconstruction = decoder(latents[idx].to(device))
+        l1 = (reconstruction - target).abs().mean()
+        loss, adversarial = l1, adversary is not None and adversary.active(step)
+        if adversarial:
+            extra, _ = adversary.generator_terms(reconstruction, target, l1)
+            loss = loss + extra
+        factor = lr_at(step, optim, cfg.steps)
+        set_lr(opt, factor)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if adversarial:
+            adversary.discriminator_step(target, reconstruction, factor, grad_clip=1.0)
         if step % 25 == 0:
-            bar.set_postfix(l1=f"{loss.item():.4f}")
+            bar.set_postfix(l1=f"{l1.item():.4f}")
     return decoder.cpu().eval().requires_grad_(False)
 
 
@@ -93,6 +109,8 @@ def refine_key(encoders: Encoders, cache: LatentCache, cfg: DecoderRefineConfig)
     h = hashlib.sha256()
     digest_parts(encoders, ("face_decoder",), h)
     h.update(f"{cache.path.name}|{cfg.steps}|{cfg.lr}|{cfg.batch_size}".encode())
+    if cfg.adversarial.enabled:  # keys without it stay those of earlier versions
+        h.update(repr(cfg.adversarial).encode())
     return h.hexdigest()[:16]
 
 
@@ -120,6 +138,8 @@ def refined_decoder(
     tick = time.perf_counter()
     decoder = refine(encoders.face_decoder, latents, faces, cfg, device=device)
     info = {"steps": cfg.steps, "lr": cfg.lr, "batch_size": cfg.batch_size, "faces": len(faces)}
+    if cfg.adversarial.enabled:
+        info["adversarial"] = dataclasses.asdict(cfg.adversarial)
     info["seconds"] = round(time.perf_counter() - tick, 1)
     if val_cache is not None:
         z, x = unique_faces(val_cache, root, encoders.image_size)
