@@ -51,34 +51,61 @@ class Clip:
         return self.index if self.row is None else self.row
 
 
-def plan_clips(data: Path, split: str, *, max_clips: int | None, seed: int) -> list[Clip]:
+def _unreadable(path: Path) -> str | None:
+    """Why the image at `path` cannot be decoded, or None."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+        return str(e) or type(e).__name__
+    return None
+
+
+def plan_clips(
+    data: Path,
+    split: str,
+    *,
+    max_clips: int | None,
+    seed: int,
+    unreadable: dict[str, str] | None = None,
+) -> list[Clip]:
     """The clips of `split` in manifest order (the first `max_clips`), each with its floor and
-    chance references. Chance pairs every speaker with another by a seeded derangement."""
+    chance references. Chance pairs every speaker with another by a seeded derangement.
+
+    Face images that cannot be decoded (damaged after `scldm prepare`) are left out: a clip
+    whose own face is one is dropped, and no floor or chance reference is one. They are
+    recorded in `unreadable` ({path: problem}) when a dict is given."""
     rows = read_manifest(data, split=split)
     if max_clips is not None:
         rows = rows[:max_clips]
     if not rows:
         raise InputError(data, f"has no clips in split {split!r}")
-    speakers = sorted({r["speaker_id"] for r in rows})
-    if len(speakers) < 2:
-        raise InputError(data, f"split {split!r} needs at least 2 speakers for chance")
+    candidates = {r["speaker_id"] for r in rows}
     images: dict[str, list[str]] = {}
     for r in read_manifest(data):  # every image of a speaker, from all of its rows
-        if r["speaker_id"] in speakers:
+        if r["speaker_id"] in candidates:
             for f in [r["face"], *r.get("faces", [])]:
                 if f not in images.setdefault(r["speaker_id"], []):
                     images[r["speaker_id"]].append(f)
+    bad = {f: problem for fs in images.values() for f in fs if (problem := _unreadable(data / f))}
+    if unreadable is not None:
+        unreadable.update({str(data / f): problem for f, problem in bad.items()})
+    images = {s: [f for f in fs if f not in bad] for s, fs in images.items()}
+    kept = [(i, r) for i, r in enumerate(rows) if r["face"] not in bad]
+    speakers = sorted({r["speaker_id"] for _, r in kept})
+    if len(speakers) < 2:
+        raise InputError(data, f"split {split!r} needs at least 2 speakers for chance")
     rng = np.random.default_rng(seed)
     perm = rng.permutation(len(speakers))
     # a cyclic shift of a random order: a derangement, so nobody is paired with themself
     partner = {speakers[perm[i]]: speakers[perm[(i + 1) % len(perm)]] for i in range(len(perm))}
     clips = []
-    for i, r in enumerate(rows):
+    for i, r in kept:
         s = r["speaker_id"]
         others = [f for f in images[s] if f != r["face"]]
         clips.append(
             Clip(
-                index=i,
+                index=len(clips),
                 speaker=s,
                 audio=data / r["audio"],
                 face=data / r["face"],

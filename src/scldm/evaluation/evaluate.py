@@ -298,7 +298,17 @@ def evaluate(
 
     if settings.image_size is not None and settings.image_size < MIN_FACE_SIDE:
         raise InputError(None, f"--image-size must be at least {MIN_FACE_SIDE}")
-    clips = plan_clips(data, settings.split, max_clips=settings.max_clips, seed=settings.seed)
+    unreadable: dict[str, str] = {}
+    clips = plan_clips(
+        data, settings.split, max_clips=settings.max_clips, seed=settings.seed,
+        unreadable=unreadable,
+    )  # fmt: skip
+    if unreadable:  # damaged true faces: their clips are left out, and counted
+        path, problem = next(iter(unreadable.items()))
+        log.warning(
+            "%d face image(s) cannot be read and are left out, with their clips (first: %s: %s)",
+            len(unreadable), path, problem,
+        )  # fmt: skip
     size = settings.image_size or face_size(clips)
     warn_if_identical(generator, settings.num_images)
     out.mkdir(parents=True, exist_ok=True)
@@ -341,6 +351,7 @@ def evaluate(
             "generated_images": len(clips) * settings.num_images,
             "floor_clips": sum(c.other_face is not None for c in clips),
             "skipped_clips": len(skipped),
+            "unreadable_faces": len(unreadable),
         },
         "conventions": {
             "conditions": {

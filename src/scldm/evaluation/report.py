@@ -228,6 +228,11 @@ def write_report(
             if c.get("skipped_clips")
             else ""
         )
+        + (
+            f" ({c['unreadable_faces']} damaged face image(s) left out, with their clips)"
+            if c.get("unreadable_faces")
+            else ""
+        )
         + ", "
         f"{settings.num_images} generated face(s) per clip (seed {settings.seed}). Generation: "
         + ", ".join(f"{k} {v}" for k, v in result["model"].items() if k not in ("name", "path"))
