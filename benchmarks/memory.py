@@ -37,7 +37,7 @@ import psutil
 import soundfile as sf
 
 RESULTS = Path(__file__).parent / "results"
-GB = 2**30
+MB, GB = 2**20, 2**30
 # the issue's targets (issue 24): bytes summed over the processes of a command
 TARGETS = {"pretrain": 4 * GB, "train": 4 * GB, "generate 6 s": 1.5 * GB, "--help": 0.2 * GB}
 
@@ -177,7 +177,7 @@ def report(rows: list[tuple[str, Trace, float, int]], args: argparse.Namespace) 
         f"{args.steps} steps. PSS summed over the command's processes, sampled every "
         f"{args.interval} s.",
         "",
-        "| command | peak PSS (GB) | processes | PSS halfway (GB) | PSS at the end (GB) | "
+        "| command | peak PSS (MB) | processes | PSS halfway (MB) | PSS at the end (MB) | "
         "time (s) | target | exit |",
         "|---|---:|---:|---:|---:|---:|---|---:|",
     ]
@@ -188,10 +188,10 @@ def report(rows: list[tuple[str, Trace, float, int]], args: argparse.Namespace) 
             target = 1.1 * clip.peak if clip else None
         verdict = ""
         if target:
-            verdict = f"≤ {target / GB:.2f} GB: {'met' if trace.peak <= target else 'MISSED'}"
+            verdict = f"≤ {target / MB:.0f} MB: {'met' if trace.peak <= target else 'MISSED'}"
         lines.append(
-            f"| {name} | {trace.peak / GB:.2f} | {trace.processes} | {trace.at(0.5) / GB:.2f} | "
-            f"{trace.at(1.0) / GB:.2f} | {seconds:.0f} | {verdict} | {status} |"
+            f"| {name} | {trace.peak / MB:.0f} | {trace.processes} | {trace.at(0.5) / MB:.0f} | "
+            f"{trace.at(1.0) / MB:.0f} | {seconds:.0f} | {verdict} | {status} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -224,7 +224,7 @@ def main() -> None:
             log = work / f"{name.replace(' ', '_')}.log"
             trace, seconds, status = measure(argv, log, args.interval)
             rows.append((name, trace, seconds, status))
-            print(f"{name}: peak {trace.peak / GB:.2f} GB in {trace.processes} process(es), "
+            print(f"{name}: peak {trace.peak / MB:.0f} MB in {trace.processes} process(es), "
                   f"{seconds:.0f} s, exit {status}", flush=True)  # fmt: skip
             if status != 0:
                 tail = log.read_text().splitlines()[-15:]
