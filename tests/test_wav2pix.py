@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from baseline_fixtures import tiny_wav2pix_pipeline
-from conftest import write_wav
+from conftest import tone, write_wav
 from scldm.audio import WaveformFrontend
 from scldm.baselines import pipeline_class
 from scldm.baselines.pipeline import image_generators
@@ -247,7 +247,8 @@ def test_generate_makes_seeded_faces_and_refuses_diffusion_options(tmp_path, cap
     from scldm.evaluation.generators import BaselineGenerator, load_generator
 
     tiny_wav2pix_pipeline().save_pretrained(tmp_path / "w2p")
-    voice = write_wav(tmp_path / "v.wav", _voice(1.5, 4))
+    # a voiced sound: `generate` refuses noise as holding no speech
+    voice = write_wav(tmp_path / "v.wav", tone(150.0, 1.5) + _voice(1.5, 4) * 0.1)
     model = load_generator(tmp_path / "w2p")
     assert isinstance(model, BaselineGenerator) and model.name == "wav2pix"
     assert not model.deterministic and model.image_size == 32

@@ -73,6 +73,8 @@ def speech_problem(wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> str | No
     normalised autocorrelation reaches 0.5 at the lag of a 60–400 Hz pitch). White, pink and
     brown noise have none; SynthVox's voices 40–58 % of their frames. A simple check that
     catches digital silence and noise, not a voice activity detector."""
+    if not np.any(wave):
+        return "is silent: every sample is zero"
     x = wave.astype(np.float64)
     rms_db = 10 * math.log10(float(np.mean(x * x)) + 1e-20)
     if rms_db < -60:

@@ -54,7 +54,7 @@ class RunGuard:
         self.stopping = False  # whether any process of the run received one
         self._lock_file: Any = None
         self._previous: dict[int, Any] = {}
-        self._bad_step = False
+        self._made = False  # whether the lock made the run folder
 
     # --- entering and leaving ---------------------------------------------------------------
 
@@ -73,8 +73,13 @@ class RunGuard:
         if self._lock_file is not None:
             self._lock_file.close()  # releases the flock
             self._lock_file = None
+            # a folder this guard made for a run that wrote nothing (refused settings): gone
+            if self._made and [p.name for p in self.run_dir.iterdir()] == [LOCK]:
+                (self.run_dir / LOCK).unlink()
+                self.run_dir.rmdir()
 
     def _lock(self) -> None:
+        self._made = not self.run_dir.exists()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         path = self.run_dir / LOCK
         f = open(path, "a+")  # noqa: SIM115 (held until __exit__)
