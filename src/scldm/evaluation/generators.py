@@ -300,6 +300,17 @@ def check_options(
     return info
 
 
+def _from_pretrained(cls: Any, path: Path) -> Any:
+    """`cls.from_pretrained(path)`, with a missing or damaged weight file named in one line."""
+    from safetensors import SafetensorError
+
+    try:
+        return cls.from_pretrained(path)
+    except (OSError, SafetensorError) as e:  # diffusers reports both as OSError mostly
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(path, f"cannot load its weights: {first}") from None
+
+
 def load_generator(
     path: Path,
     *,
@@ -317,12 +328,12 @@ def load_generator(
     if info["method"] == "scldm":
         from scldm.diffusion.pipeline import SpeechToFacePipeline
 
-        pipe = SpeechToFacePipeline.from_pretrained(path)
+        pipe = _from_pretrained(SpeechToFacePipeline, path)
         if scheduler:
             pipe.set_sampling(scheduler=scheduler)
         generator: PipelineGenerator | BaselineGenerator = PipelineGenerator(pipe, overrides)
     else:
-        pipe = pipeline_class(info["class"]).from_pretrained(path)
+        pipe = _from_pretrained(pipeline_class(info["class"]), path)
         generator = BaselineGenerator(pipe)
     if device is not None:
         pipe.to(device)
