@@ -15,7 +15,8 @@ PSS at the end of the run above its value halfway.
 Reports per command: peak PSS summed over the processes, the largest number of processes, PSS
 halfway and at the last sample, wall time, and the target where the issue sets one (pretrain
 and train at small ≤ 4 GB in all, generate of one clip ≤ 1.5 GB, the one-hour file within
-10 % of the 6 s clip, --help ≤ 0.2 GB). Writes benchmarks/results/memory_<preset>.md. Linux
+10 % of the 6 s clip, --help ≤ 0.2 GB). Writes its preset's section of
+benchmarks/results/memory.md. Linux
 only (/proc via psutil). Run it alone: other processes do not change PSS, but slow the runs.
 """
 
@@ -196,6 +197,20 @@ def report(rows: list[tuple[str, Trace, float, int]], args: argparse.Namespace) 
     return "\n".join(lines) + "\n"
 
 
+def replace_section(text: str, section: str) -> str:
+    """`text` with the section of `section`'s preset (its heading's first `code` span)
+    replaced, or appended: one results file holds a section per preset."""
+
+    def preset(sec: str) -> str:
+        return sec.splitlines()[0].split("`")[1]
+
+    sections = ["# " + p.strip("\n") + "\n" for p in ("\n" + text).split("\n# ") if p.strip()]
+    kept = [section if preset(sec) == preset(section) else sec for sec in sections]
+    if preset(section) not in [preset(sec) for sec in sections]:
+        kept.append(section)
+    return "\n".join(kept)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--preset", choices=("tiny", "small"), default="tiny")
@@ -206,7 +221,7 @@ def main() -> None:
     p.add_argument("--only", help="comma-separated command names (default: all)")
     p.add_argument("--interval", type=float, default=0.25, help="seconds between samples")
     p.add_argument("--workdir", type=Path, help="default: a temporary folder, removed after")
-    p.add_argument("--out", type=Path, help="default: benchmarks/results/memory_<preset>.md")
+    p.add_argument("--out", type=Path, help="default: benchmarks/results/memory.md")
     args = p.parse_args()
     small = args.preset == "small"
     args.speakers = args.speakers or (2000 if small else 24)
@@ -232,9 +247,9 @@ def main() -> None:
                 break
         table = report(rows, args)
     print(table)
-    out = args.out or RESULTS / f"memory_{args.preset}.md"
+    out = args.out or RESULTS / "memory.md"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(table)
+    out.write_text(replace_section(out.read_text() if out.is_file() else "", table))
     print(f"wrote {out}")
 
 
