@@ -192,3 +192,32 @@ def test_a_checkpoint_that_cannot_be_written_stops_in_one_line_and_keeps_the_las
     )
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_0000002"]
     assert checkpoint.damage(run / "checkpoints" / "step_0000002") is None
+
+
+def test_sigterm_during_stage_2_checkpoints_and_resume_equals_a_straight_run(
+    tiny_stage1, tmp_path, monkeypatch, capsys
+):
+    import scldm.training.diffusion as diffusion
+
+    sv, enc = tiny_stage1
+    base = ["train", "--encoders", str(enc), "--data", str(sv), "--config", "tiny"]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert main([*base, "--out", str(straight)]) == 0  # 4 steps, checkpoints at 2 and 4
+    calls, loss_fn = [], diffusion.diffusion_loss
+
+    def loss_then_signal(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss_fn(*args, **kwargs)
+
+    monkeypatch.setattr(diffusion, "diffusion_loss", loss_then_signal)
+    capsys.readouterr()
+    assert main([*base, "--out", str(stopped)]) == 143
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("scldm: stopped by SIGTERM after step 3; checkpoint ")
+    assert not (stopped / "pipeline").exists()
+    done = _cli(*base, "--out", str(stopped), "--resume", "latest")
+    assert done.returncode == 0, done.stderr[-2000:]
+    final = "checkpoints/step_0000004"
+    _assert_equal(_weights(straight / final), _weights(stopped / final))

@@ -43,6 +43,7 @@ from scldm.training.loop import (
     plot_scalars,
     progress_bar,
     setup_run,
+    step_generator,
 )
 
 log = logging.getLogger("scldm.train")
@@ -217,6 +218,10 @@ def train(
                     prior=prior,
                     prior_scale=cfg.lambda_train,
                     cond_drop=cfg.cond_drop,
+                    # t, ε and the dropout mask from a (seed, step, rank) generator: a resumed
+                    # run draws what a straight one does (the global RNG also feeds the
+                    # loader's iterator, which a resumed run makes at another step)
+                    generator=step_generator(cfg.train.seed, state, accelerator),
                 )
                 accelerator.backward(loss)
                 logs = {"loss": loss}
