@@ -176,7 +176,9 @@ def report(rows: list[tuple[str, Trace, float, int]], args: argparse.Namespace) 
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}. Training cut to "
         f"{args.steps} steps. PSS summed over the command's processes, sampled every "
-        f"{args.interval} s.",
+        f"{args.interval} s. PSS splits shared pages (torch's libraries: ~0.4 GB) among every "
+        "process that maps them, so the same command reads up to that much lower while other "
+        "Python processes with torch run.",
         "",
         "| command | peak PSS (MB) | processes | PSS halfway (MB) | PSS at the end (MB) | "
         "time (s) | target | exit |",
