@@ -221,3 +221,35 @@ def test_sigterm_during_stage_2_checkpoints_and_resume_equals_a_straight_run(
     assert done.returncode == 0, done.stderr[-2000:]
     final = "checkpoints/step_0000004"
     _assert_equal(_weights(straight / final), _weights(stopped / final))
+
+
+@pytest.mark.slow  # two CPU processes through `accelerate launch`
+def test_sigterm_to_two_processes_stops_both_at_one_step_with_a_checkpoint(data, tmp_path):  # noqa: F811
+    """A scheduler's SIGTERM to the whole process group of a 2-process run: the ranks agree on
+    the step to stop at, one checkpoint holds both ranks' RNG states, nobody hangs; resuming
+    with 2 processes finishes."""
+    run = tmp_path / "ddp"
+    args = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+            "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "-m", "scldm", "pretrain", "--data", str(data), "--out", str(run), *TINY, "--cpu",
+            "--set", "train.log_every=1"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    long = ["--set", "train.max_steps=100000"]
+    proc = subprocess.Popen([*args, *long], stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)  # fmt: skip
+    deadline = time.time() + 300
+    while not ((run / "scalars.jsonl").is_file() and (run / "scalars.jsonl").read_text()):
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert "stopped by SIGTERM after step " in err, err[-3000:]
+    step = int(err.split("stopped by SIGTERM after step ")[1].split(";")[0])
+    checkpoint = run / "checkpoints" / f"step_{step:07d}"
+    assert {"rng_0.safetensors", "rng_1.safetensors", "digest.json"} <= {
+        p.name for p in checkpoint.iterdir()
+    }
+    done = _cli("pretrain", "--data", str(data), "--out", str(run), *TINY, "--cpu",
+                "--set", f"train.max_steps={step + 2}", "--resume", "latest", nproc=2)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (run / "checkpoints" / f"step_{step + 2:07d}").is_dir()
