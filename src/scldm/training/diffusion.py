@@ -249,8 +249,11 @@ def train(
                     ema_unet.eval(), scheduler, encoders, val_cache, cfg, prior, scale, path
                 )
                 del ema_unet
-            if guard.save_due(state.step, cfg.train.save_every, cfg.train.max_steps):
-                save_checkpoint(
+            guard.checkpoint(
+                state.step,
+                cfg.train.save_every,
+                cfg.train.max_steps,
+                lambda: save_checkpoint(
                     accelerator,
                     run_dir,
                     model=unwrapped,
@@ -258,8 +261,8 @@ def train(
                     ema=ema,
                     state=state,
                     keep_last=cfg.train.keep_last,
-                )
-                guard.stop_if_asked(state.step, run_dir)
+                ),
+            )
     finally:
         bar.close()
     return export(accelerator, unwrapped, ema, noise_scheduler, encoders, prior, scale, cfg, state)

@@ -222,8 +222,11 @@ def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = Fal
             bar.update()
             if val_ds is not None and due(state.step, cfg.train.eval_every):
                 _validate(accelerator, unwrapped, frontend, val_ds, cfg, run_dir, state.step)
-            if guard.save_due(state.step, cfg.train.save_every, cfg.train.max_steps):
-                save_checkpoint(
+            guard.checkpoint(
+                state.step,
+                cfg.train.save_every,
+                cfg.train.max_steps,
+                lambda: save_checkpoint(
                     accelerator,
                     run_dir,
                     model=unwrapped,
@@ -232,8 +235,8 @@ def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = Fal
                     state=state,
                     keep_last=cfg.train.keep_last,
                     extras=extras,
-                )
-                guard.stop_if_asked(state.step, run_dir)
+                ),
+            )
     finally:
         bar.close()
     return export(accelerator, unwrapped, ema, frontend, cfg, run_dir, state, train_ds, val_ds)

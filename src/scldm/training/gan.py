@@ -186,12 +186,21 @@ def train_gan(
             bar.update()
             if due(state.step, cfg.train.eval_every, steps) and accelerator.is_main_process:
                 phases.validate(name, validate, _final(plain, exported, ema), state.step)
-            if guard.save_due(state.step, cfg.train.save_every, steps):
-                save_checkpoint(
-                    accelerator, phase_dir, model=plain[exported], optimizer=optimizers[exported],
-                    ema=ema, state=state, keep_last=cfg.train.keep_last, extras=extras,
-                )  # fmt: skip
-                guard.stop_if_asked(state.step, phase_dir)
+            guard.checkpoint(
+                state.step,
+                cfg.train.save_every,
+                steps,
+                lambda: save_checkpoint(
+                    accelerator,
+                    phase_dir,
+                    model=plain[exported],
+                    optimizer=optimizers[exported],
+                    ema=ema,
+                    state=state,
+                    keep_last=cfg.train.keep_last,
+                    extras=extras,
+                ),  # fmt: skip
+            )
     finally:
         bar.close()
     for n in names:

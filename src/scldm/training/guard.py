@@ -142,20 +142,21 @@ class RunGuard:
         )  # fmt: skip
         return False
 
-    def save_due(self, step: int, every: int, max_steps: int | None = None) -> bool:
-        """Whether to write a checkpoint after `step`: on the run's cadence, or to stop."""
-        return self.stopping or due(step, every, max_steps)
-
-    def stop_if_asked(self, step: int, checkpoints: Path) -> None:
-        """After the checkpoint of a step where a stop signal arrived: Preempted."""
+    def checkpoint(
+        self, step: int, every: int, max_steps: int | None, save: Callable[[], Path]
+    ) -> None:
+        """After `step`: `save()` a checkpoint (it returns the folder) when the run's cadence
+        says so or a stop signal arrived; after a signal, Preempted naming that folder."""
+        if not (self.stopping or due(step, every, max_steps)):
+            return
+        path = save()
         if not self.stopping:
             return
         signum = self.signum or signal.SIGTERM  # received by another process of the run
         raise Preempted(
             signum,
-            f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint "
-            f"{checkpoints / CHECKPOINTS / f'step_{step:07d}'} written; continue with "
-            "--resume latest",
+            f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint {path} "
+            "written; continue with --resume latest",
         )
 
 

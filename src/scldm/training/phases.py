@@ -191,12 +191,20 @@ class Phases:
                 bar.update()
                 if due(state.step, cfg.train.eval_every, steps):
                     self.validate(name, validate, ema_copy(unwrapped, ema), state.step)
-                if guard.save_due(state.step, cfg.train.save_every, steps):
-                    save_checkpoint(
-                        accelerator, phase_dir, model=unwrapped, optimizer=optimizer, ema=ema,
-                        state=state, keep_last=cfg.train.keep_last,
-                    )  # fmt: skip
-                    guard.stop_if_asked(state.step, phase_dir)
+                guard.checkpoint(
+                    state.step,
+                    cfg.train.save_every,
+                    steps,
+                    lambda: save_checkpoint(
+                        accelerator,
+                        phase_dir,
+                        model=unwrapped,
+                        optimizer=optimizer,
+                        ema=ema,
+                        state=state,
+                        keep_last=cfg.train.keep_last,
+                    ),  # fmt: skip
+                )
         finally:
             bar.close()
         check_ranks_agree(accelerator, unwrapped)
