@@ -77,26 +77,6 @@ def test_items_from_memory_are_the_items_from_disk(prepared, workers):
         assert (a["speaker"], a["attributes"]) == (b["speaker"], b["attributes"])
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-@pytest.mark.parametrize("in_memory", [False, True])
-def test_an_unreadable_clip_is_skipped_and_logged_not_a_crash(prepared, caplog, workers, in_memory):
-    # a clip damaged after `scldm prepare`: batches leave it out, the rest train as before
-    (prepared / "audio/spk2/1.wav").write_bytes(b"not a wav file at all")
-    ds = SpeechFaceDataset(prepared, "train", frontend=SpectrogramFrontend(segment_seconds=0.5))
-    if in_memory:
-        with caplog.at_level("WARNING"):
-            ds.load_into_memory(num_workers=workers, progress=False)
-        assert "1 of 6 train clips are unreadable" in caplog.text and "spk2/1.wav" in caplog.text
-    bad = next(i for i, r in enumerate(ds.rows) if r["audio"] == "audio/spk2/1.wav")
-    loader = DataLoader(ds, batch_size=4, collate_fn=collate, num_workers=workers)
-    batches = list(loader)
-    indices = torch.cat([b["index"] for b in batches]).tolist()
-    assert sorted(indices) == [i for i in range(len(ds)) if i != bad]
-    assert all(len(b["waveform"]) == len(b["index"]) == len(b["attributes"]) for b in batches)
-    # a batch of nothing but unreadable clips is None, for the loops to skip
-    assert collate([ds[bad]]) is None
-
-
 @pytest.mark.parametrize("in_memory", [False, True])
 def test_worker_batches_are_stacked_in_shared_memory_and_equal_the_main_process_ones(
     prepared, in_memory

@@ -258,51 +258,6 @@ def test_generation_is_cached_resumable_and_settings_checked(tiny_stage1, tmp_pa
         _run(data, out, gen, max_clips=6, num_images=2, seed=1)
 
 
-def test_a_clip_the_model_cannot_use_is_skipped_and_counted(tiny_stage1, tmp_path):
-    """One clip's audio refused (as a damaged file would be): the others are generated in its
-    batch and scored, it is left out and counted; rerunning skips it again."""
-    data, _ = tiny_stage1
-    bad = data / read_manifest(data, split="train")[2]["audio"]
-
-    class Refusing(GreyFace):
-        def __call__(self, audio, generators):
-            if bad in [Path(a) for a in audio]:
-                raise InputError(bad, "not a readable audio file (test)")
-            return super().__call__(audio, generators)
-
-    out = tmp_path / "ev"
-    for _ in range(2):
-        res = _run(data, out, Refusing(data, 32), max_clips=6, num_images=2)
-        want = _expected_counts(data, max_clips=6, num_images=2)
-        assert res["counts"]["skipped_clips"] == 1 and res["counts"]["clips"] == want["clips"] - 1
-        assert len(list((out / "images").glob("*.png"))) == want["generated_images"] - 2
-    assert "(1 skipped: audio the model cannot use)" in (out / "report.md").read_text()
-
-
-def test_a_damaged_true_face_leaves_its_clip_out_and_is_counted(tiny_stage1, tmp_path):
-    """A face image damaged after `scldm prepare`: the clip that shows it is left out, it is
-    never anyone's floor or chance reference, and the report counts it."""
-    import shutil
-
-    data = tmp_path / "data"
-    shutil.copytree(tiny_stage1[0], data)
-    rows = read_manifest(data, split="train")[:6]
-    damaged = data / rows[1]["face"]
-    damaged.write_bytes(damaged.read_bytes()[:40])  # a PNG cut short
-    unreadable: dict[str, str] = {}
-    clips = plan_clips(data, "train", max_clips=6, seed=0, unreadable=unreadable)
-    assert list(unreadable) == [str(damaged)]
-    referenced = (
-        {c.face for c in clips} | {c.other_face for c in clips} | {c.chance_face for c in clips}
-    )
-    assert damaged not in referenced
-    assert [c.row for c in clips] == [0, 2, 3, 4, 5] and [c.index for c in clips] == list(range(5))
-    res = _run(data, tmp_path / "ev", GreyFace(data, 32), max_clips=6)
-    assert res["counts"]["unreadable_faces"] == 1 and res["counts"]["clips"] == 5
-    report = (tmp_path / "ev" / "report.md").read_text()
-    assert "(1 damaged face image(s) left out, with their clips)" in report
-
-
 def test_chance_pairs_every_clip_with_another_speaker(tiny_stage1):
     data, _ = tiny_stage1
     clips = plan_clips(data, "train", max_clips=None, seed=0)

@@ -1,5 +1,10 @@
-"""The run guard (scldm.training.guard): one run per folder, a checkpoint and a clean stop on
-SIGTERM/SIGINT that resumes exactly, and non-finite losses stopped or skipped (issue 24)."""
+"""Fault injection for the training commands (issue 24): one run per folder, a checkpoint and a
+clean stop on SIGTERM/SIGINT that resumes bitwise (stages 1 and 2, each baseline, two
+processes), non-finite losses stopped or skipped, a full disk, damaged checkpoints skipped for
+the newest intact one.
+
+Elsewhere: a kill -9 and resume per trainer (its own test module), a rank whose batch is all
+unreadable (tests/test_train_encoders.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import time
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import scldm.training.encoders as encoders
 from scldm.cli import main
@@ -253,3 +259,76 @@ def test_sigterm_to_two_processes_stops_both_at_one_step_with_a_checkpoint(data,
                 "--set", f"train.max_steps={step + 2}", "--resume", "latest", nproc=2)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert (run / "checkpoints" / f"step_{step + 2:07d}").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("method", "phase", "parts"),
+    [
+        ("speech2face", "voice", ("model", "ema")),
+        ("wen", "gan", ("model", "ema", "discriminator", "discriminator_optimizer")),
+        ("wav2pix", "gan", ("model", "ema", "discriminator", "discriminator_optimizer")),
+    ],
+)
+def test_sigterm_during_a_baseline_checkpoints_and_resume_equals_a_straight_run(
+    synthvox30, tmp_path, monkeypatch, capsys, method, phase, parts
+):
+    """SIGTERM in step 3 of each baseline's last phase (the GAN loop for Wen et al. and
+    Wav2Pix): exit 143 with a checkpoint at step 3 and no pipeline; `--resume latest` in a fresh
+    process ends with the weights, optimizers and state of an uninterrupted run, bitwise."""
+    base = ["train-baseline", method, "--data", str(synthvox30), *TINY]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    assert main([*base, "--out", str(straight)]) == 0  # 4 steps a phase, checkpoints at 2, 4
+    finite = RunGuard.finite
+
+    def signal_in_step_3(self, losses, step, name, checkpoints):
+        if name == phase and step == 2 and self.signum is None:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return finite(self, losses, step, name, checkpoints)
+
+    monkeypatch.setattr(RunGuard, "finite", signal_in_step_3)
+    capsys.readouterr()
+    assert main([*base, "--out", str(stopped)]) == 143
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (
+        f"scldm: stopped by SIGTERM after step 3; checkpoint {stopped / phase}/checkpoints/"
+        "step_0000003 written; continue with --resume latest"
+    )
+    assert not (stopped / "pipeline").exists()
+    done = _cli(*base, "--out", str(stopped), "--resume", "latest")
+    assert done.returncode == 0, done.stderr[-2000:]
+    final = f"{phase}/checkpoints/step_0000004"
+    for part in parts:
+        a = load_file(straight / final / f"{part}.safetensors")
+        b = load_file(stopped / final / f"{part}.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), part
+    state = json.loads((stopped / final / "state.json").read_text())
+    assert state == json.loads((straight / final / "state.json").read_text())
+
+
+def test_a_damaged_checkpoint_is_skipped_for_the_newest_intact_one(tmp_path, caplog):
+    """Step 2's weights cut short (a disk or a copy that failed): --resume latest warns in one
+    line and resumes from step 1; naming step 2 itself is a one-line error."""
+    import torch
+    from accelerate import Accelerator
+
+    from scldm.errors import InputError
+    from scldm.optim import EMA
+    from scldm.training.checkpoint import resolve_resume, save_checkpoint
+    from scldm.training.loop import TrainState
+
+    accelerator, model = Accelerator(cpu=True), torch.nn.Linear(3, 2)
+    optimizer, ema = torch.optim.AdamW(model.parameters()), EMA(model, 0.9)
+    for step in (1, 2):
+        state = TrainState(step=step)
+        save_checkpoint(
+            accelerator, tmp_path, model=model, optimizer=optimizer, ema=ema, state=state,
+            keep_last=2,
+        )  # fmt: skip
+    step1, step2 = sorted((tmp_path / "checkpoints").iterdir())
+    assert resolve_resume(tmp_path, "latest") == step2 and (step2 / "digest.json").is_file()
+    weights = step2 / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-7])
+    assert resolve_resume(tmp_path, "latest") == step1
+    assert "skipping the damaged checkpoint" in caplog.text and "model.safetensors" in caplog.text
+    with pytest.raises(InputError, match="damaged checkpoint: model.safetensors does not match"):
+        resolve_resume(tmp_path, str(step2))
