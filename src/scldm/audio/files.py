@@ -12,6 +12,7 @@ import math
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +167,54 @@ def load_audio(
     if not np.isfinite(wave).all():
         raise InputError(path, "contains NaN or infinite samples")
     return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Voice:
+    """What a model will hear of an audio file (`read_voice`): `wave`, its first `segment`
+    seconds at 16 kHz (not looped), and the file's whole length when its header says it."""
+
+    path: Path
+    wave: np.ndarray
+    segment: float
+    total_seconds: float | None
+
+    @property
+    def seconds(self) -> float:
+        return self.wave.size / SAMPLE_RATE
+
+    def notice(self) -> str | None:
+        """A line when only the start of a long file is used or a short one is looped."""
+        if self.total_seconds is not None and self.total_seconds > self.segment + 0.5:
+            return (
+                f"{self.path}: {self.total_seconds:.1f} s long; the model hears its first "
+                f"{self.segment:g} s"
+            )
+        if self.seconds < self.segment - 0.01:
+            return (
+                f"{self.path}: {self.seconds:.2f} s long; looped {self.segment / self.seconds:.0f}"
+                f" times to fill the model's {self.segment:g} s input"
+            )
+        return None
+
+
+def read_voice(path: str | Path, segment: float = 6.0) -> Voice:
+    """Read and check what a model will hear of a voice file: its first `segment` seconds.
+    `InputError` naming the file when it is unreadable, truncated (a wav whose data ends
+    before its header says, found by content, whatever the name), shorter than `MIN_SECONDS`,
+    silent or without speech (`speech_problem`). The checks `scldm generate` and the app make
+    before any face."""
+    path = Path(path)
+    _check_file(path)
+    if cut := wav_truncation(path):
+        raise InputError(path, cut)
+    wave = load_audio(path, max_seconds=segment)
+    seconds = wave.size / SAMPLE_RATE
+    if seconds < MIN_SECONDS:
+        raise InputError(path, f"too short ({seconds:.3f} s; at least {MIN_SECONDS} s)")
+    if problem := speech_problem(wave):
+        raise InputError(path, problem)
+    return Voice(path, wave, segment, duration_seconds(path))
 
 
 def loop_to_length(wave: np.ndarray, num_samples: int) -> np.ndarray:

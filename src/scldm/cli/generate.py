@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import tempfile
@@ -92,49 +91,18 @@ def _voices(args: argparse.Namespace) -> list[Path]:
 
 
 def _check_readable(voices: list[Path], model: Path) -> None:
-    """Read what the model will hear of every file before any face is made, so a bad one among
-    many stops the command before the good ones are written: refused when unreadable,
-    truncated, too short, silent or without speech; a notice when only the start of a long
-    file is used or a short one is looped."""
-    from scldm.audio import (
-        MIN_SECONDS,
-        SAMPLE_RATE,
-        duration_seconds,
-        load_audio,
-        speech_problem,
-        wav_truncation,
-    )
+    """Read what the model will hear of every file before any face is made (`read_voice`), so
+    a bad one among many stops the command before the good ones are written; a notice when
+    only the start of a long file is used or a short one is looped."""
+    from scldm.audio import read_voice
+    from scldm.evaluation.generators import input_seconds
 
-    segment = _input_seconds(model)
+    segment = input_seconds(model)
     for path in voices:
-        if path.suffix.lower() == ".wav" and path.is_file() and (cut := wav_truncation(path)):
-            raise InputError(path, cut)
-        wave = load_audio(path, max_seconds=segment or 6.0)
-        seconds = wave.size / SAMPLE_RATE
-        if seconds < MIN_SECONDS:
-            raise InputError(path, f"too short ({seconds:.3f} s; at least {MIN_SECONDS} s)")
-        if problem := speech_problem(wave):
-            raise InputError(path, problem)
-        if segment is None:
-            continue
-        total = duration_seconds(path)
-        if total is not None and total > segment + 0.5:
-            log.info("%s: %.1f s long; the model hears its first %g s", path, total, segment)
-        elif seconds < segment - 0.01:
-            log.warning(
-                "%s: %.2f s long; looped %.0f times to fill the model's %g s input",
-                path, seconds, segment / seconds, segment,
-            )  # fmt: skip
-
-
-def _input_seconds(model: Path) -> float | None:
-    """The seconds of audio the model's front end reads (its saved config), when it says."""
-    try:
-        config = json.loads((model / "frontend" / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    seconds = config.get("segment_seconds")
-    return float(seconds) if isinstance(seconds, int | float) else None
+        voice = read_voice(path, segment or 6.0)
+        if segment is not None and (notice := voice.notice()):
+            looped = voice.seconds < segment
+            log.log(logging.WARNING if looped else logging.INFO, "%s", notice)
 
 
 def _check_writable(out: Path) -> None:
@@ -152,32 +120,17 @@ def _check_writable(out: Path) -> None:
             shutil.rmtree(missing, ignore_errors=True)
 
 
-def _trained_on_note(model: Path) -> None:
-    """One line when the model was trained on synthetic voices only (its export's metadata)."""
-    for meta in sorted(model.glob("*/scldm_meta.json")):
-        try:
-            data = json.loads(meta.read_text()).get("training_data") or {}
-        except (OSError, ValueError):
-            continue
-        if data.get("synthetic"):
-            log.warning(
-                "note: this model was trained on %s's synthetic voices only; for a real voice "
-                "its faces show what it learnt there, not that person",
-                data.get("name", "synthetic data"),
-            )
-            return
-
-
 def _generate(args: argparse.Namespace) -> int:
     import torch
 
-    from scldm.evaluation.generators import warn_if_identical
+    from scldm.evaluation.generators import synthetic_note, warn_if_identical
     from scldm.faces import make_grid, save_image
 
     sampling_overrides(args)  # checked before anything loads
     voices = _voices(args)
     model = load_model(args)
-    _trained_on_note(args.model)
+    if note := synthetic_note(args.model):
+        log.warning("note: %s", note)
     warn_if_identical(model, args.num_images)
     stems = [p.stem for p in voices]
     if len(set(stems)) < len(stems):  # a/0.wav and b/0.wav: keep the folder in the name

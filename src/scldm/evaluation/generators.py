@@ -274,6 +274,41 @@ def describe(path: Path) -> dict[str, Any]:
     return {"class": cls, "method": None, "name": None, "title": None}
 
 
+def input_seconds(path: Path) -> float | None:
+    """The seconds of audio a pipeline folder's front end reads (its saved config), when it
+    says (SCLDM's and Speech2Face's; Wen et al. read a voice whole)."""
+    try:
+        config = json.loads((Path(path) / "frontend" / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    seconds = config.get("segment_seconds")
+    return float(seconds) if isinstance(seconds, int | float) else None
+
+
+def training_data(path: Path) -> dict[str, Any] | None:
+    """What a pipeline folder's model was trained on, from its parts' scldm_meta.json:
+    {"path", "name", "synthetic"} (`scldm.data.synthvox.training_data`), None if unrecorded."""
+    for meta in sorted(Path(path).glob("*/scldm_meta.json")):
+        try:
+            data = json.loads(meta.read_text()).get("training_data")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(data, dict):
+            return data
+    return None
+
+
+def synthetic_note(path: Path) -> str | None:
+    """One sentence when the model was trained on synthetic voices only, else None."""
+    data = training_data(path) or {}
+    if not data.get("synthetic"):
+        return None
+    return (
+        f"this model was trained on {data.get('name', 'synthetic data')}'s synthetic voices "
+        "only; for a real voice its faces show what it learnt there, not that person"
+    )
+
+
 def unknown_pipeline(path: Path, cls: Any) -> InputError:
     """The error for a folder whose class is neither SCLDM's pipeline nor a known baseline's."""
     known = ", ".join([SCLDM_CLASS, *sorted(baseline_methods())])
