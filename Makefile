@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-slow test-all lint demo bench clean
+.PHONY: install test test-slow test-browser test-all lint demo app bench clean
 
 install: $(STAMP)
 
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[dev,eval]'
+	$(PY) -m pip install -q -e '.[dev,eval,app]'
 	@touch $(STAMP)
 
 test: install
@@ -28,6 +28,15 @@ test: install
 # the long end-to-end tests (marked `slow`), which `make test` leaves out; CI runs them after it
 test-slow: install
 	$(PY) -m pytest -q -m slow; rc=$$?; [ $$rc -eq 5 ] && echo "no slow tests" || exit $$rc
+
+# the app in a real browser: Debian's Chromium, driven by Playwright (no browser download)
+CHROMIUM ?= /usr/bin/chromium
+test-browser: install
+	@[ -x $(CHROMIUM) ] || { echo "installing chromium (Debian package)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -qq chromium >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }; }
+	SCLDM_CHROMIUM=$(CHROMIUM) $(PY) -m pytest -q -m browser
 
 test-all: install
 	$(PY) -m pytest -q -m ""
@@ -62,6 +71,14 @@ demo: install
 	@echo "demo: data $(DEMO)/data, oracle $(DEMO)/oracle, stage 1 $(DEMO)/encoders, stage 2 $(DEMO)/ldm"
 	@echo "demo: the report is $(DEMO)/report.md (faces, oracle metrics beside floor and chance, prior)"
 	@echo "demo: try  $(VENV)/bin/scldm generate any.wav --model $(DEMO)/ldm/pipeline -o out/"
+	@echo "demo: or   make app   (a web page to speak into)"
+
+# the page for the model `make demo` trained: open http://127.0.0.1:7860 (PORT=... to change)
+PORT ?= 7860
+app: install
+	@[ -f $(DEMO)/ldm/pipeline/model_index.json ] || \
+	  { echo "no model at $(DEMO)/ldm/pipeline yet: run \`make demo\` first (about 20 minutes)"; exit 2; }
+	$(VENV)/bin/scldm app --model $(DEMO)/ldm/pipeline --port $(PORT)
 
 bench: install
 	$(PY) benchmarks/frontend.py

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from scldm import __version__
-from scldm.cli import compare, generate, prepare, train
+from scldm.cli import compare, generate, prepare, serve, train
 from scldm.cli.options import Command, add_commands
 from scldm.errors import CheckpointNotSaved, InputError, Preempted, TrainingDiverged
 
@@ -23,6 +23,7 @@ COMMANDS: tuple[Command, ...] = (
     generate.EVALUATE,
     train.ABLATE,
     compare.COMPARE,
+    serve.APP,
 )
 
 
