@@ -214,14 +214,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve(specs: list[str], root: Path):
+def serve(specs: list[str], root: Path, *extra: str):
     """`scldm app --model SPEC...` on a free port of 127.0.0.1 with its temporary files under
     ROOT/tmp: yields (url, log); then stops it with SIGTERM and checks it cleaned up."""
     port = _free_port()
     log, temp = root / "server.log", root / "tmp"
     temp.mkdir()
     args = [sys.executable, "-m", "scldm", "app", "--port", str(port), "--max-faces", "4"]
-    args += [a for spec in specs for a in ("--model", spec)]
+    args += [a for spec in specs for a in ("--model", spec)] + list(extra)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(temp)}
     with open(log, "w") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
@@ -249,9 +249,9 @@ def serve(specs: list[str], root: Path):
 
 @pytest.fixture(scope="module")
 def server(models, tmp_path_factory):
-    """The app with both tiny models; (url, log)."""
+    """The app with both tiny models, uploads up to 150 kB (voice.wav is 96 kB); (url, log)."""
     specs = [f"scldm={models['scldm']}", f"s2f={models['s2f']}"]
-    yield from serve(specs, tmp_path_factory.mktemp("app-server"))
+    yield from serve(specs, tmp_path_factory.mktemp("app-server"), "--max-upload-mb", "0.15")
 
 
 def _client(url: str):
@@ -290,3 +290,11 @@ def test_four_clients_at_once_all_get_their_faces(server, voices):
     assert [len(a[0]) for a in answers] == [2, 2, 2, 2]
     firsts = {Path(a[0][0]["image"]).read_bytes() for a in answers}
     assert len(firsts) == 4  # each client got its own seed's faces
+
+
+def test_the_server_refuses_an_upload_over_its_size_limit(server, tmp_path):
+    url, _ = server
+    big = tmp_path / "big.wav"  # 5 s of 16-bit speech: 160 kB
+    sf.write(big, speech(5.0), SAMPLE_RATE, subtype="PCM_16")
+    with pytest.raises(ValueError, match="exceeds the maximum file size of 150000 bytes"):
+        _generate(url, big)

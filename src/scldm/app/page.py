@@ -181,7 +181,7 @@ def serve(
             server_port=port,
             share=False,
             inbrowser=open_browser,
-            max_file_size=f"{studio.limits.max_upload_mb:g}mb",
+            max_file_size=int(studio.limits.max_upload_mb * 1e6),  # bytes
             ssr_mode=False,
             mcp_server=False,
             pwa=False,
