@@ -88,8 +88,10 @@ bench: install
 	  $(PY) benchmarks/stage2_train.py --encoders $(DEMO)/encoders --data $(DEMO)/data && \
 	  $(PY) benchmarks/decoder_refine.py --encoders $(DEMO)/encoders --data $(DEMO)/data && \
 	  $(PY) benchmarks/sampling.py --model $(DEMO)/ldm/pipeline --data $(DEMO)/data \
-	    --oracle $(DEMO)/oracle; \
-	else echo "bench: stage2_train.py, decoder_refine.py and sampling.py need the runs of 'make demo' in $(DEMO)"; fi
+	    --oracle $(DEMO)/oracle && \
+	  $(PY) benchmarks/app.py --model $(DEMO)/ldm/pipeline \
+	    --voice $$(ls $(DEMO)/data/audio/*/0.wav | head -1); \
+	else echo "bench: stage2_train.py, decoder_refine.py, sampling.py and app.py need the runs of 'make demo' in $(DEMO)"; fi
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info
