@@ -221,6 +221,23 @@ def test_non_audio_bytes_named_wav(tmp_path):
     _bad(tmp_path / "x.wav", "not a readable audio file")
 
 
+@pytest.mark.parametrize(
+    "script",
+    [
+        "ffconcat version 1.0\nfile '{secret.name}'\n",  # ffmpeg's concat demuxer
+        "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\nfile://{secret}\n#EXT-X-ENDLIST\n",
+    ],
+    ids=["concat", "hls"],
+)
+def test_a_playlist_named_m4a_cannot_make_ffmpeg_read_another_file(tmp_path, script):
+    """An upload that is a playlist or concat script naming a file of the machine is refused
+    (ffmpeg may only demux media containers from the one file given)."""
+    secret = write_wav(tmp_path / "secret.wav", tone(300.0, 1.0))
+    path = tmp_path / "upload.m4a"
+    path.write_text(script.format(secret=secret))
+    _bad(path, "not a readable audio file")
+
+
 def test_truncated_wav_gives_the_samples_that_are_there(tmp_path):
     path = write_wav(tmp_path / "t.wav", tone(440.0, 1.0))
     data = path.read_bytes()

@@ -26,6 +26,11 @@ SAMPLE_RATE = 16_000
 SOUNDFILE_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif"})
 AudioInput = str | os.PathLike | np.ndarray | torch.Tensor  # what a pipeline takes per voice
 MIN_SECONDS = 0.1  # shorter audio holds no speech; looping it to 6 s would fabricate an input
+# the demuxers ffmpeg may use (audio and video containers), by ffmpeg's names
+FFMPEG_FORMATS = ",".join([
+    "mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "ogg", "mp3", "aac", "flac",
+    "wav", "w64", "aiff", "caf", "amr", "asf", "au", "avi", "flv", "mpeg", "mpegts",
+])  # fmt: skip
 
 
 def _check_file(path: Path) -> None:
@@ -121,7 +126,10 @@ def _read_ffmpeg(path: Path, sample_rate: int, max_seconds: float | None) -> np.
         raise InputError(
             path, "needs ffmpeg to decode this format; install it (apt-get install ffmpeg)"
         )
-    cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-i", str(path)]
+    cmd = ["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error"]
+    # only media containers, from this one local file: a playlist or concat script (an upload
+    # named .m4a, say) would otherwise make ffmpeg read other files of the machine
+    cmd += ["-protocol_whitelist", "file", "-format_whitelist", FFMPEG_FORMATS, "-i", str(path)]
     if max_seconds is not None:
         cmd += ["-t", f"{max_seconds + 0.01:.3f}"]
     # ffmpeg's swresample is a band-limited windowed-sinc resampler; -ac 1 averages channels
