@@ -167,6 +167,7 @@ def serve(
     faces) in a folder of its own, removed when it stops."""
     temp = Path(tempfile.mkdtemp(prefix="scldm-app-"))
     os.environ["GRADIO_TEMP_DIR"] = str(temp)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own start-up requests
 
     def stop(signum: int, frame: Any) -> None:  # a scheduler's or `kill`'s stop, as Ctrl-C
         raise KeyboardInterrupt
