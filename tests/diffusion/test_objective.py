@@ -73,6 +73,28 @@ def test_loss_with_lambda_zero_is_plain_ldm():
     assert not torch.equal(shifted, expected)
 
 
+def test_rows_of_a_global_batch_draw_what_the_whole_batch_draws():
+    """Two processes with half a batch each (rows 0-1 and 2-3 of 4) draw t, ε and the dropout
+    mask the whole batch draws: the mean of their losses is the whole batch's loss."""
+    unet, scheduler = tiny_unet(), DDPMScheduler()
+    z0, tokens, prior = batch()
+    kwargs = {"prior": prior, "prior_scale": 0.5, "cond_drop": 0.5}
+
+    def loss(rows, part):
+        gen = torch.Generator().manual_seed(3)
+        return diffusion_loss(unet, scheduler, z0[part], tokens[part], generator=gen, rows=rows,
+                              **kwargs)  # fmt: skip
+
+    whole, logs = loss(None, slice(0, 4))
+    first, a = loss((0, 4), slice(0, 2))
+    second, b = loss((2, 4), slice(2, 4))
+    torch.testing.assert_close((first + second) / 2, whole)
+    assert (a["cond_drop_frac"] + b["cond_drop_frac"]) / 2 == logs["cond_drop_frac"]
+    assert not torch.allclose(loss(None, slice(2, 4))[0], second)  # its own draws differ
+    with pytest.raises(ValueError, match="outside a batch of 4"):
+        loss((3, 4), slice(0, 2))
+
+
 def test_loss_unet_sees_shifted_noisy_latent():
     unet, scheduler = Recorder(), DDPMScheduler()
     z0, tokens, prior = batch()

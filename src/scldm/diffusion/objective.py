@@ -32,6 +32,7 @@ def diffusion_loss(
     cond_drop: float = 0.1,
     null_tokens: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    rows: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """ε-prediction loss of the prior-shifted diffusion (paper eq. 6), averaged over the batch.
 
@@ -49,6 +50,10 @@ def diffusion_loss(
         prior: P, (C, h, w) in the same scaled latent space; with `prior_scale` λ gives μ = λ·P.
         null_tokens: the unconditional tokens, broadcastable to (B, N, D).
         generator: draws t, ε and the dropout mask, in that order.
+        rows: (start, total) when this batch is rows start … start + B − 1 of a global batch of
+            `total` split over processes: every process draws t, ε and the mask for all
+            `total` rows from the same `generator` and keeps its own, so N processes draw what
+            one process with the global batch does (default: the batch is the whole).
 
     Returns (loss, logs): the scalar loss and logs["cond_drop_frac"], the fraction of the batch
     trained unconditionally (detached).
@@ -57,11 +62,16 @@ def diffusion_loss(
     if prediction_type != "epsilon":
         raise ValueError(f"diffusion_loss trains ε-prediction, scheduler has {prediction_type!r}")
     batch, device = z0.shape[0], z0.device
+    start, total = rows if rows is not None else (0, batch)
+    if not 0 <= start <= total - batch:
+        raise ValueError(f"rows {start}…{start + batch - 1} lie outside a batch of {total}")
+    mine = slice(start, start + batch)
     num_train_timesteps = scheduler.config.num_train_timesteps
     gen_device = generator.device if generator is not None else device
-    t = torch.randint(num_train_timesteps, (batch,), generator=generator, device=gen_device)
-    t = t.to(device)  # (B,)
-    noise = randn_tensor(z0.shape, generator=generator, device=device, dtype=z0.dtype)
+    t = torch.randint(num_train_timesteps, (total,), generator=generator, device=gen_device)
+    t = t[mine].to(device)  # (B,)
+    shape = (total, *z0.shape[1:])
+    noise = randn_tensor(shape, generator=generator, device=device, dtype=z0.dtype)[mine]
     mu = prior_shift(prior, prior_scale)
     if mu is None:
         z_t = scheduler.add_noise(z0, noise, t)  # exactly the plain LDM step
@@ -70,7 +80,8 @@ def diffusion_loss(
         z_t = scheduler.add_noise(z0 - mu, noise, t) + mu  # z̃_t (B, C, h, w)
     dropped = torch.zeros(batch, dtype=torch.bool, device=device)
     if cond_drop > 0:
-        dropped = (torch.rand(batch, generator=generator, device=gen_device) < cond_drop).to(device)
+        draw = torch.rand(total, generator=generator, device=gen_device)[mine]
+        dropped = (draw < cond_drop).to(device)
         null = null_condition(cond_tokens, null_tokens)
         cond_tokens = torch.where(dropped[:, None, None], null, cond_tokens)
     eps = unet(z_t, t, encoder_hidden_states=cond_tokens, return_dict=False)[0]

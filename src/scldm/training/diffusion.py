@@ -166,12 +166,15 @@ def train(
     encoders = dataclasses.replace(encoders, face_decoder=decoder)  # for the grids and export
     latents = cache.latents.float() * scale
     log.info(
-        "stage 2: %d cached clips, latents %s (scale %.4f), tokens %s, λ_train %g",
+        "stage 2: %d cached clips, latents %s (scale %.4f), tokens %s, λ_train %g, global batch "
+        "%d over %d process(es)",
         len(cache),
         tuple(latents.shape[1:]),
         scale,
         tuple(cache.tokens.shape[1:]),
         cfg.lambda_train,
+        global_batch(cfg.train, accelerator),
+        accelerator.num_processes,
     )
     dataset = TensorDataset(latents, cache.tokens.float())
     if len(dataset) < cfg.train.batch_size:
@@ -204,6 +207,7 @@ def train(
     bar = progress_bar(accelerator, cfg.train, state.step, "train")
     window = LogWindow(accelerator, run_dir, cfg.train.batch_size, bar)
     samples_per_step = global_batch(cfg.train, accelerator)
+    world, micro = accelerator.num_processes, 0  # micro: the micro-batch within the step
     guard = active()
     try:  # the bar ends its line before any error is printed
         for z0, tokens in batch_stream(loader, sampler, state.step, accelerator):
@@ -218,10 +222,13 @@ def train(
                     prior=prior,
                     prior_scale=cfg.lambda_train,
                     cond_drop=cfg.cond_drop,
-                    # t, ε and the dropout mask from a (seed, step, rank) generator: a resumed
-                    # run draws what a straight one does (the global RNG also feeds the
-                    # loader's iterator, which a resumed run makes at another step)
-                    generator=step_generator(cfg.train.seed, state, accelerator),
+                    # t, ε and the dropout mask from a (seed, step) generator, drawn for the
+                    # global batch, of which each process keeps its rows: a resumed run draws
+                    # what a straight one does (the global RNG also feeds the loader's
+                    # iterator, which a resumed run makes at another step), and N processes
+                    # what one process with the global batch does
+                    generator=step_generator(cfg.train.seed, state, micro=micro),
+                    rows=(accelerator.process_index * len(z0), len(z0) * world),
                 )
                 accelerator.backward(loss)
                 logs = {"loss": loss}
@@ -231,8 +238,10 @@ def train(
                 else:
                     optimizer.zero_grad(set_to_none=True)
             window.add(logs)
+            micro += 1
             if not accelerator.sync_gradients:
                 continue
+            micro = 0
             state.step += 1
             state.samples += samples_per_step
             ema.update(unwrapped)

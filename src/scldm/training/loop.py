@@ -183,11 +183,17 @@ def crop_samples(seconds: float | None, frontend: SpectrogramFrontend) -> int | 
     return round(seconds * frontend.config.sample_rate)
 
 
-def step_generator(seed: int, state: TrainState, accelerator: Accelerator) -> torch.Generator:
-    """A generator seeded by (seed, step, rank), for a step's random crops and flips: a resumed
-    run draws what an uninterrupted one would, with no generator state to save."""
+def step_generator(
+    seed: int, state: TrainState, accelerator: Accelerator | None = None, micro: int = 0
+) -> torch.Generator:
+    """A generator seeded by (seed, step, rank, micro-step), for a step's random crops and
+    flips: a resumed run draws what an uninterrupted one would, with no generator state to
+    save. Without an accelerator, the same on every process (rank 0's): for draws made for the
+    global batch, of which each process keeps its rows. `micro` numbers the micro-batches of a
+    step under gradient accumulation."""
+    rank = accelerator.process_index if accelerator is not None else 0
     return torch.Generator().manual_seed(
-        (seed * 1_000_003 + state.step) * 1009 + accelerator.process_index
+        (seed * 1_000_003 + state.step) * 1009 + rank + micro * 1_000_000_007
     )
 
 
