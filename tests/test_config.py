@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -110,3 +111,17 @@ def test_a_partial_section_starts_from_the_fields_own_default():
     assert cfg.optim.lr == 0.001 and cfg.optim.betas == (0.5, 0.999)
     assert cfg.optim.schedule == "constant" and cfg.optim.grad_clip == 0.0
     assert load_config(WenConfig, {"train": {"max_steps": 3}}).train.ema_decay == 0.0
+
+
+@pytest.mark.parametrize(
+    ("name", "processes", "machines"), [("1gpu", 1, 1), ("8gpu", 8, 1), ("2nodes", 16, 2)]
+)
+def test_the_accelerate_configs_of_docs_scaling_load(name, processes, machines):
+    """configs/accelerate/*.yaml, the launch files docs/scaling.md's commands use, parse with
+    accelerate's own loader into the process layout they promise."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    path = Path(__file__).parents[1] / "configs" / "accelerate" / f"{name}.yaml"
+    config = load_config_from_file(str(path))
+    assert (config.num_processes, config.num_machines) == (processes, machines)
+    assert config.mixed_precision == "bf16" and not config.use_cpu
