@@ -82,6 +82,7 @@ app: install
 
 bench: install
 	$(PY) benchmarks/frontend.py
+	$(PY) benchmarks/flops.py
 	$(PY) benchmarks/synthvox.py
 	$(PY) benchmarks/pretrain.py
 	@if [ -f $(DEMO)/ldm/pipeline/model_index.json ]; then \
