@@ -298,3 +298,16 @@ def test_the_server_refuses_an_upload_over_its_size_limit(server, tmp_path):
     sf.write(big, speech(5.0), SAMPLE_RATE, subtype="PCM_16")
     with pytest.raises(ValueError, match="exceeds the maximum file size of 150000 bytes"):
         _generate(url, big)
+
+
+def test_a_port_in_use_is_refused_in_one_line_before_the_models_load(models, capsys):
+    from scldm.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["app", "--model", str(models["scldm"]), "--port", str(port)]
+        assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in err

@@ -44,6 +44,19 @@ def _options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--open", action="store_true", help="open the page in a browser")
 
 
+def _check_port(host: str, port: int) -> None:
+    """Refuse in one line an address this machine cannot listen on (a port in use, say)."""
+    import socket
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as e:
+        raise InputError(
+            None, f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port"
+        ) from None
+
+
 def _app(args: argparse.Namespace) -> int:
     from scldm.cli.options import require_pipeline
 
@@ -66,6 +79,7 @@ def _app(args: argparse.Namespace) -> int:
         raise InputError(
             None, "the app needs Gradio: pip install 'scldm[app]' (make installs it)"
         ) from None
+    _check_port(args.host, args.port)  # before the models load
     from scldm.app.studio import Limits, Studio, model_names
 
     models = model_names(args.models)
