@@ -4,7 +4,7 @@ and the largest batch that fits, for SCLDM and the baselines, in bf16 autocast o
     bash benchmarks/gpu.sh                      # on a lent GPU: base → benchmarks/results/gpu.md
     python benchmarks/gpu.py --device cpu --quick --out /tmp/gpu.md   # a smoke test anywhere
 
-Every step is `flops.build`'s, at random initialisation on inputs of the preset's shapes
+Every step is `workloads.build`'s, at random initialisation on inputs of the preset's shapes
 (model, loss and optimizer only: no data loading, no EMA). Training stages run at the preset's
 batch: 2 warm-up steps, then `--steps` timed steps. MFU = FLOPs per sample
 (`flops.flops_per_sample`: forward and backward, a multiply-add counting 2) × samples/s ÷ the
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import flops
 import torch
+import workloads
 
 # dense bf16 tensor-core peaks (FLOP/s) by device-name fragment, first match wins: a more
 # specific name comes before the one it contains ("H100 PCIe" before "H100", "L40S" before "L4")
@@ -114,8 +115,8 @@ class Runner:
     def peak_mib(self) -> float | None:
         return torch.cuda.max_memory_allocated(self.device) / 2**20 if self.cuda else None
 
-    def _build(self, stage: str, batch: int, optimize: bool) -> flops.Workload:
-        return flops.build(
+    def _build(self, stage: str, batch: int, optimize: bool) -> workloads.Workload:
+        return workloads.build(
             stage, self.preset, batch=batch, device=self.device, bf16=self.bf16, optimize=optimize
         )
 
@@ -215,8 +216,8 @@ def table(runner: Runner, args: argparse.Namespace, rows: dict, wall: float) -> 
         "| largest batch |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for stage, title in ((s, flops.STAGES[s].title) for s in flops.STAGES):
-        if not flops.STAGES[stage].trains or stage not in rows:
+    for stage, title in ((s, workloads.STAGES[s].title) for s in workloads.STAGES):
+        if not workloads.STAGES[stage].trains or stage not in rows:
             continue
         r, search = rows[stage], rows.get(f"{stage}:largest", {})
         largest = search.get("error") or (
@@ -237,7 +238,7 @@ def table(runner: Runner, args: argparse.Namespace, rows: dict, wall: float) -> 
         "| generation | batch | faces/s | s per call | TFLOP/s | MFU | peak memory |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for stage, spec in flops.STAGES.items():
+    for stage, spec in workloads.STAGES.items():
         if spec.trains:
             continue
         for batch in GENERATION_BATCHES:
@@ -278,7 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--quick", action="store_true", help="tiny preset, 2 steps, no largest-batch search"
     )
-    parser.add_argument("--stages", nargs="+", choices=list(flops.STAGES), default=None)
+    parser.add_argument("--stages", nargs="+", choices=list(workloads.STAGES), default=None)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     args.argv = argv if argv is not None else sys.argv[1:]
@@ -294,11 +295,11 @@ def main(argv: list[str] | None = None) -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     runner, start = Runner(args), time.perf_counter()
-    stages = args.stages or list(flops.STAGES)
-    parts = [(s, "train") for s in stages if flops.STAGES[s].trains]
-    parts += [(s, b) for s in stages if not flops.STAGES[s].trains for b in GENERATION_BATCHES]
+    stages = args.stages or list(workloads.STAGES)
+    parts = [(s, "train") for s in stages if workloads.STAGES[s].trains]
+    parts += [(s, b) for s in stages if not workloads.STAGES[s].trains for b in GENERATION_BATCHES]
     if not args.quick:  # last: the most time-variable part
-        parts += [(s, "largest") for s in stages if flops.STAGES[s].trains]
+        parts += [(s, "largest") for s in stages if workloads.STAGES[s].trains]
     rows: dict[str, dict] = {}
     for stage, what in parts:
         key = {"train": stage, "largest": f"{stage}:largest"}.get(what, f"{stage}@{what}")
