@@ -5,6 +5,7 @@ clients at once). The page in a real browser: tests/test_app_browser.py (`make t
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import socket
@@ -149,8 +150,8 @@ def _with_limits(studio: Studio, limits: Limits | None) -> Studio:
     """The same loaded models under other limits."""
     if limits is None:
         return studio
-    other = object.__new__(Studio)
-    other.models, other.limits = studio.models, limits
+    other = copy.copy(studio)
+    other.limits = limits
     return other
 
 

@@ -187,7 +187,7 @@ class Studio:
                 f"is {total:.0f} s long; recordings are limited to {limits.max_seconds:g} s "
                 f"(the models hear the first {self.seconds:g} s: trim it and upload that)",
             )
-        notices = [n.replace(f"{path}: ", "your recording is ") for n in [voice.notice()] if n]
+        notices = [f"your recording is {n}" for n in [voice.notice()] if n]
         return voice, notices
 
     def check(self, num_images: int, seed: int, sampling: Sampling) -> None:

@@ -199,16 +199,15 @@ class Voice:
         return self.wave.size / SAMPLE_RATE
 
     def notice(self) -> str | None:
-        """A line when only the start of a long file is used or a short one is looped."""
+        """What was done to fit the model's input, when anything was: only the start of a long
+        file is used, or a short one is looped (e.g. "0.50 s long; looped 12 times to ..."),
+        without the file's name, which the caller puts in front."""
         if self.total_seconds is not None and self.total_seconds > self.segment + 0.5:
-            return (
-                f"{self.path}: {self.total_seconds:.1f} s long; the model hears its first "
-                f"{self.segment:g} s"
-            )
+            return f"{self.total_seconds:.1f} s long; the model hears its first {self.segment:g} s"
         if self.seconds < self.segment - 0.01:
             return (
-                f"{self.path}: {self.seconds:.2f} s long; looped {self.segment / self.seconds:.0f}"
-                f" times to fill the model's {self.segment:g} s input"
+                f"{self.seconds:.2f} s long; looped {self.segment / self.seconds:.0f} times to "
+                f"fill the model's {self.segment:g} s input"
             )
         return None
 

@@ -102,7 +102,7 @@ def _check_readable(voices: list[Path], model: Path) -> None:
         voice = read_voice(path, segment or 6.0)
         if segment is not None and (notice := voice.notice()):
             looped = voice.seconds < segment
-            log.log(logging.WARNING if looped else logging.INFO, "%s", notice)
+            log.log(logging.WARNING if looped else logging.INFO, "%s: %s", path, notice)
 
 
 def _check_writable(out: Path) -> None:
