@@ -118,9 +118,8 @@ def _read_soundfile(path: Path, max_seconds: float | None) -> tuple[np.ndarray, 
             want = math.ceil(max_seconds * sr) + 64
             frames = want if frames < 0 else min(frames, want)
         if f.subtype == "PCM_16":
-            # libsndfile converts 16-bit samples to float one at a time (~4 ns each, 0.4 ms for
-            # 6 s, the largest part of a training item's audio); int16 scaled here by 2^-15 are
-            # the same floats bitwise, in a third of the time (benchmarks/results/loader_cpu.md)
+            # libsndfile converts 16-bit samples to float one at a time; int16 scaled here by
+            # 2^-15 are the same floats bitwise, and faster (benchmarks/results/loader_cpu.md)
             data = f.read(frames=frames, dtype="int16", always_2d=True).astype(np.float32)
             data *= np.float32(1 / 32768)
         else:
