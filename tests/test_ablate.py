@@ -155,7 +155,7 @@ def test_ablate_runs_are_what_the_rows_say(ablation):
 
     # the speech encoder without contrastive pre-training is its seeded initialisation
     set_seed(base.train.seed)
-    fresh = build_model(base).speech_encoder.state_dict()
+    fresh = build_model(base)[1].speech_encoder.state_dict()
     for run, same in (("stage1-noclip", True), ("stage1", False)):
         trained = SpeechEncoder.from_pretrained(out / run / "export" / "speech_encoder")
         names = [n for n, _ in trained.named_parameters()]

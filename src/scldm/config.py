@@ -42,6 +42,61 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class AugmentConfig:
+    """Sim-to-real augmentation of the training audio (`scldm.audio.augmentation`): SynthVox
+    renders clean voices at -23 dBFS, users record with real rooms, microphones, phones and codecs.
+    Each `*_p` is the probability that a clip gets that effect, drawn per clip and per effect
+    independently; each range is (low, high), drawn uniformly per clip. All p 0: no
+    augmentation. The effects run in the order of a real recording: room (reverb, noise), then
+    capture (gain, clipping), then channel (telephone band, codec).
+
+    noise: background noise at an SNR in dB relative to the clip's power, of a kind drawn
+    among `noise_kinds` (white, pink, brown: coloured noise; babble: 3-5 other clips of the
+    batch at random offsets). reverb: a synthetic room impulse response with an RT60 in
+    seconds and a direct-to-reverberant ratio in dB, the output at the input's level.
+    telephone: 8 kHz, 300-3400 Hz, 8-bit μ-law (G.711). codec: a round trip through one of
+    `codecs` at a libsndfile `compression_level` (0 best, 1 smallest; at 16 kHz 0.5-0.99 is
+    about 15-30 kb/s). gain: a level change in dB, clipped to [-1, 1] (loud recordings clip).
+    """
+
+    noise_p: float = 0.0
+    snr_db: tuple[float, float] = (0.0, 30.0)
+    noise_kinds: tuple[Literal["white", "pink", "brown", "babble"], ...] = (
+        "white",
+        "pink",
+        "brown",
+        "babble",
+    )
+    reverb_p: float = 0.0
+    rt60: tuple[float, float] = (0.2, 1.0)
+    drr_db: tuple[float, float] = (0.0, 15.0)
+    telephone_p: float = 0.0
+    codec_p: float = 0.0
+    codecs: tuple[Literal["mp3", "vorbis"], ...] = ("mp3", "vorbis")
+    compression_level: tuple[float, float] = (0.5, 0.99)
+    gain_p: float = 0.0
+    gain_db: tuple[float, float] = (-25.0, 10.0)
+
+    def __post_init__(self) -> None:
+        for name in ("noise_p", "reverb_p", "telephone_p", "codec_p", "gain_p"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise InputError(None, f"augment.{name}: expected a probability in [0, 1]")
+        for name in ("snr_db", "rt60", "drr_db", "compression_level", "gain_db"):
+            low, high = getattr(self, name)
+            if low > high:
+                raise InputError(None, f"augment.{name}: expected (low, high), low <= high")
+        # libsndfile's MP3 encoder refuses compression_level 1
+        if self.rt60[0] <= 0 or self.compression_level[0] < 0 or self.compression_level[1] >= 1:
+            raise InputError(None, "augment: rt60 > 0 s and compression_level in [0, 1)")
+        if not self.noise_kinds or not self.codecs:
+            raise InputError(None, "augment: noise_kinds and codecs need at least one entry")
+
+    @property
+    def enabled(self) -> bool:
+        return max(self.noise_p, self.reverb_p, self.telephone_p, self.codec_p, self.gain_p) > 0
+
+
+@dataclass(frozen=True)
 class OptimConfig:
     """AdamW with linear warmup then cosine decay to `min_lr_ratio`·lr (see `lr_at`); with
     weight_decay 0 it is Adam. grad_clip 0: no clipping (the baselines' originals clip none)."""
@@ -171,6 +226,9 @@ class EncoderStageConfig:
     # segment). Validation, the probes, stage 2 and inference still see the front end's full
     # segment: the speech encoder averages over time, so it takes any length.
     train_crop_seconds: float | None = None
+    # sim-to-real augmentation of the training windows (after the crop); validation, the probes,
+    # stage 2's cache and inference hear the clips as they are
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     # the face decoder reconstructs only the first ceil(fraction · B) faces of each training
     # batch, a random subset (batches are shuffled); the contrastive loss still sees all B. On
     # a CPU the decoder is most of a step, so a fraction buys steps. 1.0: every face (the paper)
@@ -182,6 +240,9 @@ class EncoderStageConfig:
     gather_negatives: bool = False
     vggface_weights: str | None = None
     lpips_weights: str | None = None
+    # speech_encoder.type ge2e: the pretrained GE2E weights (Resemblyzer's pretrained.pt);
+    # None: the file of the installed resemblyzer package
+    ge2e_weights: str | None = None
 
 
 @dataclass(frozen=True)
@@ -573,6 +634,7 @@ def replace(cfg: C, **changes: Any) -> C:
 
 __all__ = [
     "DataConfig",
+    "AugmentConfig",
     "OptimConfig",
     "TrainConfig",
     "EvalConfig",

@@ -1,13 +1,15 @@
-"""Audio: reading files (`files`), the Speech2Face spectrogram front end (`spectrogram`),
-the Wen et al. filterbank front end with voice activity detection (`fbank`) and the Wav2Pix
-raw-waveform front end (`waveform`). Each front end is a diffusers `ModelMixin` without
-trainable weights, saved inside every model it feeds so that inference repeats training's
-input. Everything is importable from `scldm.audio`."""
+"""Audio: reading files (`files`), the Speech2Face spectrogram front end (`spectrogram`), the
+GE2E mel front end (`mel`), the Wen et al. filterbank front end with voice activity detection
+(`fbank`), the Wav2Pix raw-waveform front end (`waveform`), and the sim-to-real augmentation of
+training audio (`augmentation`: reverberation, noise, gain, telephone band, codecs). Each front end
+is a diffusers `ModelMixin` without trainable weights, saved inside every model it feeds so that
+inference repeats training's input. Everything is importable from `scldm.audio`."""
 
 # diffusers finds a component's loading method by looking `ModelMixin` up in the module that
 # model_index.json names; pipelines saved before `scldm.audio` became a package name this one
 from diffusers.models.modeling_utils import ModelMixin  # noqa: F401
 
+from scldm.audio.augmentation import augment
 from scldm.audio.fbank import MIN_SPEECH_SECONDS, FbankFrontend, vad_trim
 from scldm.audio.files import (
     MIN_SECONDS,
@@ -23,6 +25,7 @@ from scldm.audio.files import (
     wav_truncation,
     waveform_array,
 )
+from scldm.audio.mel import MelFrontend, slaney_mel_filters
 from scldm.audio.spectrogram import SpectrogramFrontend, waveform_from
 from scldm.audio.waveform import WaveformFrontend
 
@@ -33,13 +36,16 @@ __all__ = [
     "AudioInput",
     "Voice",
     "FbankFrontend",
+    "MelFrontend",
     "SpectrogramFrontend",
     "WaveformFrontend",
+    "augment",
     "duration_seconds",
     "load_audio",
     "loop_to_length",
     "random_crop",
     "read_voice",
+    "slaney_mel_filters",
     "speech_problem",
     "vad_trim",
     "wav_truncation",

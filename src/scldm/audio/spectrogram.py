@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
@@ -57,15 +59,22 @@ class SpectrogramFrontend(ModelMixin, ConfigMixin):
     def num_frames(self) -> int:
         return 1 + (self.segment_samples - self.config.win_length) // self.config.hop_length
 
+    def prepare(self, wave: np.ndarray, source: str | os.PathLike | None = None) -> torch.Tensor:
+        """(S,) float at the front end's rate → its first `segment_seconds`, looped when
+        shorter: (segment_samples,) float32."""
+        cfg = self.config
+        if wave.size < MIN_SECONDS * cfg.sample_rate:
+            raise InputError(
+                source, f"too short ({wave.size / cfg.sample_rate:.3f} s; at least {MIN_SECONDS} s)"
+            )
+        wave = np.ascontiguousarray(wave[: self.segment_samples], dtype=np.float32)
+        return torch.from_numpy(loop_to_length(wave, self.segment_samples))
+
     def load(self, path: str | Path) -> torch.Tensor:
         """Read a file and return its first `segment_seconds`, looped when shorter: (S,)."""
         cfg = self.config
         wave = load_audio(path, sample_rate=cfg.sample_rate, max_seconds=cfg.segment_seconds)
-        if wave.size < MIN_SECONDS * cfg.sample_rate:
-            raise InputError(
-                path, f"too short ({wave.size / cfg.sample_rate:.3f} s; at least {MIN_SECONDS} s)"
-            )
-        return torch.from_numpy(loop_to_length(wave, self.segment_samples))
+        return self.prepare(wave, path)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         """waveform: (B, S) or (S,) → (B, 2, F, T) compressed real/imaginary STFT."""
@@ -94,11 +103,11 @@ class SpectrogramFrontend(ModelMixin, ConfigMixin):
         return compressed.permute(0, 3, 1, 2)  # (B, 2, F, T)
 
 
-def waveform_from(item: AudioInput, frontend: SpectrogramFrontend) -> torch.Tensor:
-    """One pipeline input → (S,) float32 of the front end's `segment_seconds`, looped when
-    shorter: a path (read with `frontend.load`) or a 1-D waveform (numpy or tensor) at the front
-    end's sample rate. Raises `InputError` for unreadable files and malformed waveforms."""
+def waveform_from(item: AudioInput, frontend: Any) -> torch.Tensor:
+    """One pipeline input → (S,) float32, the front end's segment: a path (read with
+    `frontend.load`) or a 1-D waveform (numpy or tensor) at the front end's sample rate (through
+    `frontend.prepare`). Any front end with both (`SpectrogramFrontend`, `MelFrontend`). Raises
+    `InputError` for unreadable files and malformed waveforms."""
     if isinstance(item, str | os.PathLike):
         return frontend.load(item)
-    wave = waveform_array(item, frontend.config.sample_rate)
-    return torch.from_numpy(loop_to_length(wave, frontend.segment_samples))
+    return frontend.prepare(waveform_array(item, frontend.config.sample_rate))

@@ -19,12 +19,13 @@ from diffusers import DiffusionPipeline, UNet2DConditionModel
 from diffusers.models.modeling_utils import ModelMixin  # noqa: F401 (see below)
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from scldm.audio import AudioInput, SpectrogramFrontend, waveform_from
+from scldm.audio import AudioInput, MelFrontend, SpectrogramFrontend, waveform_from
 from scldm.config import SamplingConfig
 from scldm.diffusion.prior import FacePrior
 from scldm.diffusion.sampling import make_scheduler, sample_latents, scheduler_name
 from scldm.errors import InputError
 from scldm.models.face_decoder import FaceDecoder
+from scldm.models.ge2e import GE2ESpeechEncoder
 from scldm.models.outputs import FaceOutput, check_output_type, to_output
 from scldm.models.speech_encoder import SpeechEncoder
 
@@ -47,10 +48,10 @@ SpeechToFaceOutput = FaceOutput  # the name pipelines and callers used before ba
 class SpeechToFacePipeline(DiffusionPipeline):
     """Speech → face with the speech-conditioned LDM and the face prior (SCLDM, DESIGN.md §2).
 
-    audio → front end (B, 2, F, T) → speech encoder tokens (B, N, D) → prior-shifted sampling
-    of latents (B, C, h, w) with `scheduler` (`sampling.sample_latents`) → face decoder of
-    latents / scaling_factor → faces (B, 3, H, W). Any diffusers scheduler works; see
-    `make_scheduler`.
+    audio → front end (B, 2, F, T) (GE2E's: mel powers (B, 40, T)) → speech encoder tokens
+    (B, N, D) → prior-shifted sampling of latents (B, C, h, w) with `scheduler`
+    (`sampling.sample_latents`) → face decoder of latents / scaling_factor → faces (B, 3, H, W).
+    Any diffusers scheduler works; see `make_scheduler`.
 
     `sampling` (a `SamplingConfig` as a dict) holds the defaults of `__call__`; its `scheduler`
     names the saved scheduler component, which is what samples. Fields it lacks take
@@ -62,8 +63,8 @@ class SpeechToFacePipeline(DiffusionPipeline):
 
     def __init__(
         self,
-        frontend: SpectrogramFrontend,
-        speech_encoder: SpeechEncoder,
+        frontend: SpectrogramFrontend | MelFrontend,
+        speech_encoder: SpeechEncoder | GE2ESpeechEncoder,
         unet: UNet2DConditionModel,
         scheduler: SchedulerMixin,
         face_decoder: FaceDecoder,
@@ -178,8 +179,8 @@ class SpeechToFacePipeline(DiffusionPipeline):
         latent_shape = self._check_shapes()
         device = self._execution_device
         waveforms = torch.stack([waveform_from(item, self.frontend) for item in items])  # (B, S)
-        spec = self.frontend(waveforms.to(device))  # (B, 2, F, T)
-        tokens = self.speech_encoder(spec.to(self.speech_encoder.dtype)).tokens  # (B, N, D)
+        features = self.frontend(waveforms.to(device))  # (B, 2, F, T) or (B, mels, T)
+        tokens = self.speech_encoder(features.to(self.speech_encoder.dtype)).tokens  # (B, N, D)
         tokens = tokens.to(self.unet.dtype).repeat_interleave(num_images_per_prompt, dim=0)
         latents = sample_latents(
             self.unet,

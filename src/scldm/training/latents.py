@@ -20,13 +20,19 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from scldm.audio import SpectrogramFrontend
+from scldm.audio import MelFrontend, SpectrogramFrontend
 from scldm.data.datasets import SpeechFaceDataset, collate
 from scldm.data.manifest import MANIFEST_NAME
 from scldm.diffusion.prior import PRIOR_FILE, PriorReport, compute_prior, load_prior, save_prior
 from scldm.errors import InputError
 from scldm.io import atomic_dir, write_json
-from scldm.models import FaceDecoder, FaceEncoder, SpeechEncoder
+from scldm.models import (
+    FaceDecoder,
+    FaceEncoder,
+    GE2ESpeechEncoder,
+    SpeechEncoder,
+    component_class,
+)
 
 log = logging.getLogger("scldm.train")
 SHARD_ROWS = 4096
@@ -38,8 +44,8 @@ class Encoders:
     """The frozen stage-1 models (eval mode, no gradients) and the folder they came from."""
 
     path: Path
-    frontend: SpectrogramFrontend
-    speech_encoder: SpeechEncoder
+    frontend: SpectrogramFrontend | MelFrontend
+    speech_encoder: SpeechEncoder | GE2ESpeechEncoder
     face_encoder: FaceEncoder
     face_decoder: FaceDecoder
 
@@ -60,15 +66,9 @@ def export_dir(run: str | Path) -> Path:
 def load_encoders(run: str | Path) -> Encoders:
     """Load a stage-1 export (from `scldm pretrain`) frozen, in eval mode."""
     path = export_dir(run)
-    parts = {
-        "frontend": SpectrogramFrontend,
-        "speech_encoder": SpeechEncoder,
-        "face_encoder": FaceEncoder,
-        "face_decoder": FaceDecoder,
-    }
     loaded = {}
-    for name, cls in parts.items():
-        model = cls.from_pretrained(path / name)
+    for name in PARTS:  # each part's class is the one its config.json names
+        model = component_class(path / name).from_pretrained(path / name)
         loaded[name] = model.eval().requires_grad_(False)
     return Encoders(path=path, **loaded)
 
