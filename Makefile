@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test test-slow test-browser test-all lint demo app bench clean
+.PHONY: install test-sounds test test-slow test-browser test-all lint demo app bench clean
 
 install: $(STAMP)
 
@@ -20,9 +20,20 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e '.[dev,eval,app]'
+	# the pretrained GE2E speaker encoder ships inside this wheel; --no-deps, since its own
+	# dependency webrtcvad compiles from source (webrtcvad-wheels, a dependency, replaces it)
+	$(PY) -m pip install -q --no-deps resemblyzer==0.1.4
 	@touch $(STAMP)
 
-test: install
+# real recordings of named speakers for the speaker-encoder tests (Debian's asterisk prompts)
+TEST_SOUNDS := asterisk-core-sounds-en-wav asterisk-core-sounds-it-wav
+test-sounds:
+	@[ -d /usr/share/asterisk/sounds/it_IT_m_Carlo ] || { echo "installing $(TEST_SOUNDS)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -qq $(TEST_SOUNDS) >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $(TEST_SOUNDS) >/dev/null; }; }
+
+test: install test-sounds
 	$(PY) -m pytest -q
 
 # the long end-to-end tests (marked `slow`), which `make test` leaves out; CI runs them after it
@@ -38,7 +49,7 @@ test-browser: install
 	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }; }
 	SCLDM_CHROMIUM=$(CHROMIUM) $(PY) -m pytest -q -m browser
 
-test-all: install
+test-all: install test-sounds
 	$(PY) -m pytest -q -m ""
 
 lint: install

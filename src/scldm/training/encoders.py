@@ -15,18 +15,17 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 
-from scldm.audio import SpectrogramFrontend, random_crop
+from scldm.audio import augment, random_crop
 from scldm.config import EncoderStageConfig, component_kwargs
 from scldm.data.datasets import SpeakerBatchSampler, SpeechFaceDataset, collate
 from scldm.errors import InputError
 from scldm.evaluation.stage1 import score_export, validate
 from scldm.io import write_json
 from scldm.losses import encoder_stage_loss
-from scldm.models import FaceDecoder, FaceEncoder, SpeechEncoder
+from scldm.models import FaceDecoder, FaceEncoder, build_speech
 from scldm.models.contrastive import SpeechFaceModel
 from scldm.models.face_decoder import FACE_DECODER_PRESETS
 from scldm.models.face_encoder import FACE_ENCODER_PRESETS
-from scldm.models.speech_encoder import SPEECH_ENCODER_PRESETS
 from scldm.optim import EMA, lr_at, param_groups
 from scldm.training.adversarial import Adversary
 from scldm.training.checkpoint import maybe_resume, save_checkpoint, write_meta
@@ -58,13 +57,15 @@ CURVES = ["train/loss", "train/contrastive", "train/mae", "val/R@1", "val/R@10",
 GAN_CURVES = ["train/adversarial", "train/discriminator", "train/feature_matching"]
 
 
-def build_model(cfg: EncoderStageConfig) -> SpeechFaceModel:
-    """The three networks and the temperature, built from the config's constructor kwargs."""
+def build_model(cfg: EncoderStageConfig) -> tuple[torch.nn.Module, SpeechFaceModel]:
+    """The front end, and the three networks with the temperature, built from the config's
+    constructor kwargs (`speech_encoder.type` picks the speech side, `scldm.models.speech`)."""
+    frontend, speech_encoder = build_speech(
+        cfg.frontend, cfg.speech_encoder, ge2e_weights=cfg.ge2e_weights
+    )
     try:
         model = SpeechFaceModel(
-            speech_encoder=SpeechEncoder(
-                **component_kwargs(cfg.speech_encoder, SPEECH_ENCODER_PRESETS, "speech_encoder")
-            ),
+            speech_encoder=speech_encoder,
             face_encoder=FaceEncoder(
                 **component_kwargs(cfg.face_encoder, FACE_ENCODER_PRESETS, "face_encoder")
             ),
@@ -72,12 +73,12 @@ def build_model(cfg: EncoderStageConfig) -> SpeechFaceModel:
                 **component_kwargs(cfg.face_decoder, FACE_DECODER_PRESETS, "face_decoder")
             ),
         )
-    except TypeError as e:  # an unknown constructor keyword in the config
+    except (TypeError, ValueError) as e:  # an unknown keyword, or parts that do not fit
         raise InputError(None, f"model config: {e}") from None
     if cfg.vggface_weights:
         report = model.face_encoder.load_vggface(cfg.vggface_weights)
         log.info("VGGFace weights from %s: %s", cfg.vggface_weights, report)
-    return model
+    return frontend, model
 
 
 def make_optimizer(model: SpeechFaceModel, cfg: EncoderStageConfig) -> torch.optim.AdamW:
@@ -106,7 +107,8 @@ def make_optimizer(model: SpeechFaceModel, cfg: EncoderStageConfig) -> torch.opt
 def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = False) -> Path:
     """Run stage 1 and return the export folder (speech_encoder/, face_encoder/, face_decoder/,
     frontend/ — EMA weights, `save_pretrained` format)."""
-    frontend = SpectrogramFrontend(**cfg.frontend)
+    set_seed(cfg.train.seed)  # identical initialisation on every rank
+    frontend, model = build_model(cfg)
     crop = crop_samples(cfg.train_crop_seconds, frontend)  # checked before anything is written
     if not 0 < cfg.recon_fraction <= 1:
         raise InputError(None, f"recon_fraction {cfg.recon_fraction:g} must lie in (0, 1]")
@@ -114,7 +116,6 @@ def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = Fal
     num_reconstructed = max(1, math.ceil(cfg.recon_fraction * cfg.train.batch_size))
     run_dir = Path(cfg.train.output_dir)
     accelerator = make_accelerator(cfg.train, run_dir, cpu=cpu)
-    set_seed(cfg.train.seed)  # identical initialisation on every rank
     setup_run(accelerator, cfg, run_dir, "scldm-pretrain")
     device = accelerator.device
 
@@ -134,7 +135,7 @@ def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = Fal
     )
     # channels-last convolutions: faster on CPU (oneDNN) for the speech encoder and the decoder,
     # and the layout tensor cores want on GPU (benchmarks/results/pretrain_cpu.md)
-    model = build_model(cfg).to(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     frontend.to(device)
@@ -181,10 +182,10 @@ def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = Fal
                 continue
             with accelerator.accumulate(model, *([adversary.disc] if adversary else [])):
                 wave = batch["waveform"]
+                draws = step_generator(cfg.train.seed, state, accelerator)  # crops, then effects
                 if crop is not None:
-                    wave = random_crop(
-                        wave, crop, step_generator(cfg.train.seed, state, accelerator)
-                    )
+                    wave = random_crop(wave, crop, draws)
+                wave = augment(wave, frontend.config.sample_rate, cfg.augment, draws)
                 outputs = model(  # through DDP's forward
                     frontend(wave), batch["face"], num_reconstructed=num_reconstructed
                 )
@@ -265,7 +266,7 @@ def export(
     accelerator: Accelerator,
     model: SpeechFaceModel,
     ema: EMA,
-    frontend: SpectrogramFrontend,
+    frontend: torch.nn.Module,
     cfg: EncoderStageConfig,
     run_dir: Path,
     state: TrainState,
