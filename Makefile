@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test-sounds test test-slow test-browser test-all lint demo app bench clean
+.PHONY: install test-sounds real-voices test test-slow test-browser test-all lint demo app bench clean
 
 install: $(STAMP)
 
@@ -65,7 +65,7 @@ DEMO ?= runs/demo
 demo: install
 	$(VENV)/bin/scldm prepare synthvox --out $(DEMO)/data --speakers 600 --image-size 64 --workers 2
 	$(VENV)/bin/scldm synthvox-oracle --data $(DEMO)/data --out $(DEMO)/oracle --steps 600
-	$(VENV)/bin/scldm pretrain --data $(DEMO)/data --out $(DEMO)/encoders --config small \
+	$(VENV)/bin/scldm pretrain --data $(DEMO)/data --out $(DEMO)/encoders --config small-real \
 	  --set train.max_steps=800 --set train.batch_size=32 --set train.eval_every=400 \
 	  --set train.save_every=400 --resume latest
 	$(VENV)/bin/scldm prior --encoders $(DEMO)/encoders --data $(DEMO)/data
@@ -82,7 +82,24 @@ demo: install
 	@echo "demo: data $(DEMO)/data, oracle $(DEMO)/oracle, stage 1 $(DEMO)/encoders, stage 2 $(DEMO)/ldm"
 	@echo "demo: the report is $(DEMO)/report.md (faces, oracle metrics beside floor and chance, prior)"
 	@echo "demo: try  $(VENV)/bin/scldm generate any.wav --model $(DEMO)/ldm/pipeline -o out/"
-	@echo "demo: or   make app   (a web page to speak into)"
+	@echo "demo: or   make app   (a web page to speak into);  make real-voices  (21 real speakers)"
+
+# the demo model on real people's voices: a set built from recordings that Debian packages ship
+# (installed when missing), faces read by the demo's oracle (benchmarks/real_voices.py)
+REAL_VOICE_PKGS := asterisk-core-sounds-en-wav asterisk-core-sounds-fr-wav \
+  asterisk-core-sounds-it-wav asterisk-core-sounds-ru-wav asterisk-prompt-it-menardi-wav \
+  asterisk-prompt-es-co asterisk-prompt-fr-armelle ktuberling-data alsa-utils sox
+real-voices: install
+	@[ -f $(DEMO)/ldm/pipeline/model_index.json ] || \
+	  { echo "no model at $(DEMO)/ldm/pipeline yet: run \`make demo\` first"; exit 2; }
+	@$(PY) benchmarks/real_voices.py build --out $(DEMO)/real_voices >/dev/null 2>&1 || { \
+	  echo "installing the recordings (Debian packages)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -qq $(REAL_VOICE_PKGS) >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $(REAL_VOICE_PKGS) >/dev/null; }; \
+	  $(PY) benchmarks/real_voices.py build --out $(DEMO)/real_voices; }
+	$(PY) benchmarks/real_voices.py check --model $(DEMO)/ldm/pipeline --oracle $(DEMO)/oracle \
+	  --voices $(DEMO)/real_voices --name demo --results $(DEMO)
 
 # the page for the model `make demo` trained: open http://127.0.0.1:7860 (PORT=... to change)
 PORT ?= 7860

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,3 +126,28 @@ def test_the_accelerate_configs_of_docs_scaling_load(name, processes, machines):
     config = load_config_from_file(str(path))
     assert (config.num_processes, config.num_machines) == (processes, machines)
     assert config.mixed_precision == "bf16" and not config.use_cpu
+
+
+def test_a_config_extends_another_and_updates_its_keys(tmp_path):
+    (tmp_path / "base.yaml").write_text("optim: {lr: 0.5, eps: 1.0e-6}\nmodel: {depth: 2}\n")
+    (tmp_path / "mid.yaml").write_text("extends: base.yaml\noptim: {lr: 0.1}\nmodel: {width: 8}\n")
+    (tmp_path / "top.yaml").write_text("extends: mid.yaml\ntrain: {seed: 3}\n")
+    cfg = load_config(Stage, tmp_path / "top.yaml", ["optim.eps=1e-8"])
+    assert (cfg.optim.lr, cfg.optim.eps, cfg.train.seed) == (0.1, 1e-8, 3)
+    assert cfg.model == {"depth": 2, "width": 8}  # mappings merge key by key
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(InputError, match="deep"):
+        load_config(Stage, tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(InputError, match="missing.yaml: no such config file"):
+        load_config(Stage, tmp_path / "c.yaml")
+
+
+def test_the_real_voices_preset_is_small_with_augmentation():
+    from scldm.config import EncoderStageConfig
+
+    small = load_config(EncoderStageConfig, "small", stage="pretrain")
+    real = load_config(EncoderStageConfig, "small-real", stage="pretrain")
+    assert not small.augment.enabled and real.augment.enabled
+    assert dataclasses.replace(real, augment=small.augment) == small

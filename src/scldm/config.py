@@ -569,6 +569,36 @@ def _set_path(tree: dict[str, Any], keys: list[str], value: Any, cls: type, text
             node = node[key]
 
 
+MAX_EXTENDS = 8  # presets extending presets, at most this deep (a cycle is an error)
+
+
+def _read_yaml(path: Path, stage: str | None, depth: int = 0) -> dict[str, Any]:
+    """A config file's mapping; `extends: NAME` (a preset of the same stage, or a YAML path
+    relative to this file) first loads that config, which this file's keys then update."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise InputError(path, "no such config file") from None
+    except yaml.YAMLError as e:
+        raise InputError(path, f"invalid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise InputError(path, "a config file must hold a mapping of keys")
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    if depth >= MAX_EXTENDS:
+        raise InputError(path, f"extends more than {MAX_EXTENDS} configs deep (a cycle?)")
+    if not isinstance(base, str):
+        raise InputError(path, f"extends: expected a preset name or a YAML path, got {base!r}")
+    if base.endswith((".yaml", ".yml")):
+        base_path = path.parent / base
+    elif stage:
+        base_path = resolve_preset(stage, base)
+    else:
+        raise InputError(path, f"extends: {base!r} names a preset, but no stage was given")
+    return _merge(_read_yaml(base_path, stage, depth + 1), data)
+
+
 def load_config(
     cls: type[C],
     source: str | Path | Mapping[str, Any] | None = None,
@@ -578,8 +608,9 @@ def load_config(
 ) -> C:
     """Build the run dataclass `cls` from a preset name, a YAML file or a mapping, then overrides.
 
-    Unknown keys are errors that name the key; `--set a.b=c` values are parsed as Python
-    literals (bare words are strings) and checked against the field's annotation.
+    A file may start from another with `extends: NAME` (see `_read_yaml`). Unknown keys are
+    errors that name the key; `--set a.b=c` values are parsed as Python literals (bare words
+    are strings) and checked against the field's annotation.
     """
     where = None
     if source is None:
@@ -589,14 +620,7 @@ def load_config(
     else:
         path = resolve_preset(stage or "", source) if stage else Path(source)
         where = str(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise InputError(path, "no such config file") from None
-        except yaml.YAMLError as e:
-            raise InputError(path, f"invalid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise InputError(path, "a config file must hold a mapping of keys")
+        data = _read_yaml(path, stage)
     data = _to_plain(data)
     for text in overrides:
         keys, value = _parse_override(text)
