@@ -32,6 +32,14 @@ VAD_FRAME_MS = (10, 20, 30)
 MIN_SPEECH_SECONDS = 0.25
 
 
+def check_vad_settings(vad_mode: int | None, sample_rate: int) -> None:
+    """A front end's VAD settings: mode None (off) or 0-3 at a rate webrtcvad runs at."""
+    if vad_mode not in (None, 0, 1, 2, 3):
+        raise ValueError(f"vad_mode must be None or 0-3, got {vad_mode}")
+    if vad_mode is not None and sample_rate not in VAD_SAMPLE_RATES:
+        raise ValueError(f"webrtcvad cannot run at {sample_rate} Hz; use vad_mode=None")
+
+
 def vad_trim(
     wave: np.ndarray,
     sample_rate: int = SAMPLE_RATE,
@@ -165,10 +173,7 @@ class FbankFrontend(ModelMixin, ConfigMixin):
         super().__init__()
         if win_length > n_fft:
             raise ValueError(f"win_length {win_length} > n_fft {n_fft}")
-        if vad_mode not in (None, 0, 1, 2, 3):
-            raise ValueError(f"vad_mode must be None or 0-3, got {vad_mode}")
-        if vad_mode is not None and sample_rate not in VAD_SAMPLE_RATES:
-            raise ValueError(f"webrtcvad cannot run at {sample_rate} Hz; use vad_mode=None")
+        check_vad_settings(vad_mode, sample_rate)
         filters = _sphinx_mel_filters(sample_rate, n_fft, num_filters, low_hz, high_hz)
         # persistent, so save_pretrained writes a weights file and from_pretrained finds one
         self.register_buffer("window", torch.hamming_window(win_length, False, dtype=torch.float64))

@@ -17,7 +17,7 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 
-from scldm.audio.fbank import MIN_SPEECH_SECONDS, VAD_SAMPLE_RATES, vad_trim
+from scldm.audio.fbank import MIN_SPEECH_SECONDS, check_vad_settings, vad_trim
 from scldm.audio.files import MIN_SECONDS, SAMPLE_RATE, load_audio, loop_to_length
 from scldm.errors import InputError
 
@@ -78,10 +78,7 @@ class MelFrontend(ModelMixin, ConfigMixin):
         super().__init__()
         if win_length > n_fft:
             raise ValueError(f"win_length {win_length} > n_fft {n_fft}")
-        if vad_mode not in (None, 0, 1, 2, 3):
-            raise ValueError(f"vad_mode must be None or 0-3, got {vad_mode}")
-        if vad_mode is not None and sample_rate not in VAD_SAMPLE_RATES:
-            raise ValueError(f"webrtcvad cannot run at {sample_rate} Hz; use vad_mode=None")
+        check_vad_settings(vad_mode, sample_rate)
         filters = slaney_mel_filters(sample_rate, n_fft, num_mels)
         # persistent, so save_pretrained writes a weights file and from_pretrained finds one
         self.register_buffer("window", torch.hann_window(win_length))  # periodic, as scipy's
