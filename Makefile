@@ -20,8 +20,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e '.[dev,eval,app]'
-	# the pretrained GE2E speaker encoder ships inside this wheel; --no-deps, since its own
-	# dependency webrtcvad compiles from source (webrtcvad-wheels, a dependency, replaces it)
+	@# the pretrained GE2E speaker encoder ships inside this wheel; --no-deps, since its own
+	@# dependency webrtcvad compiles from source (webrtcvad-wheels, a dependency, replaces it)
 	$(PY) -m pip install -q --no-deps resemblyzer==0.1.4
 	@touch $(STAMP)
 
