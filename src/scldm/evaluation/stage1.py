@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from scldm.audio import SpectrogramFrontend
+from scldm.audio import MelFrontend, SpectrogramFrontend
 from scldm.config import EncoderStageConfig
 from scldm.data.datasets import collate
 from scldm.evaluation.metrics import mean_by_group, pearson_r, pooled_recall, psnr, ridge_probe
@@ -31,7 +31,7 @@ PROBE_TRAIN_CLIPS = 4000
 @torch.no_grad()
 def embed_split(
     model: torch.nn.Module,
-    frontend: SpectrogramFrontend,
+    frontend: SpectrogramFrontend | MelFrontend,
     dataset: Dataset,
     *,
     max_clips: int,
@@ -103,7 +103,7 @@ def save_reconstruction_grid(emb: dict[str, torch.Tensor], n: int, path: Path) -
 
 def validate(
     model: torch.nn.Module,
-    frontend: SpectrogramFrontend,
+    frontend: SpectrogramFrontend | MelFrontend,
     dataset: Dataset,
     cfg: EncoderStageConfig,
     device: torch.device,
@@ -129,7 +129,7 @@ def validate(
 
 def score_export(
     model: torch.nn.Module,
-    frontend: SpectrogramFrontend,
+    frontend: SpectrogramFrontend | MelFrontend,
     cfg: EncoderStageConfig,
     *,
     train: Dataset,

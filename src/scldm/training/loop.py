@@ -20,7 +20,7 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
 from tqdm.auto import tqdm
 
-from scldm.audio import SpectrogramFrontend
+from scldm.audio import MelFrontend, SpectrogramFrontend
 from scldm.config import DataConfig, TrainConfig, config_to_dict, save_config
 from scldm.data.datasets import SpeechFaceDataset
 from scldm.errors import InputError
@@ -161,7 +161,7 @@ def batch_everywhere(batch: Any, accelerator: Accelerator) -> bool:
 
 
 def maybe_split(
-    data: DataConfig, frontend: SpectrogramFrontend, split: str
+    data: DataConfig, frontend: SpectrogramFrontend | MelFrontend, split: str
 ) -> SpeechFaceDataset | None:
     """The dataset of `split`, or None (logged) when the prepared folder has no such split."""
     try:
@@ -171,7 +171,7 @@ def maybe_split(
         return None
 
 
-def crop_samples(seconds: float | None, frontend: SpectrogramFrontend) -> int | None:
+def crop_samples(seconds: float | None, frontend: SpectrogramFrontend | MelFrontend) -> int | None:
     """The training window (`train_crop_seconds`) in samples, or None for the whole segment."""
     if seconds is None:
         return None
