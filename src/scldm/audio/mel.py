@@ -104,7 +104,7 @@ class MelFrontend(ModelMixin, ConfigMixin):
             speech = vad_trim(wave, cfg.sample_rate, mode=cfg.vad_mode)
             if speech.size >= MIN_SPEECH_SECONDS * cfg.sample_rate:
                 wave = speech
-        wave = np.ascontiguousarray(wave[: self.segment_samples], dtype=np.float32)
+        wave = np.ascontiguousarray(wave, dtype=np.float32)
         return torch.from_numpy(loop_to_length(wave, self.segment_samples))
 
     def load(self, path: str | Path) -> torch.Tensor:

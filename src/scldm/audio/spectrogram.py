@@ -67,7 +67,7 @@ class SpectrogramFrontend(ModelMixin, ConfigMixin):
             raise InputError(
                 source, f"too short ({wave.size / cfg.sample_rate:.3f} s; at least {MIN_SECONDS} s)"
             )
-        wave = np.ascontiguousarray(wave[: self.segment_samples], dtype=np.float32)
+        wave = np.ascontiguousarray(wave, dtype=np.float32)
         return torch.from_numpy(loop_to_length(wave, self.segment_samples))
 
     def load(self, path: str | Path) -> torch.Tensor:

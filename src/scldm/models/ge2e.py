@@ -95,10 +95,10 @@ class GE2ESpeechEncoder(ModelMixin, ConfigMixin):
         self._freeze()
 
     def _freeze(self) -> None:
-        k = self.config.trainable_layers
-        trainable = {f"l{i}" for i in range(self.config.lstm_layers - max(k - 1, 0), 99)}
-        for name, param in self.lstm.named_parameters():
-            param.requires_grad_(k > 1 and name.rsplit("_", 1)[-1] in trainable)
+        k, layers = self.config.trainable_layers, self.config.lstm_layers
+        top = {f"l{i}" for i in range(layers - max(k - 1, 0), layers)}  # the top k - 1 layers
+        for name, param in self.lstm.named_parameters():  # weight_ih_l2 → l2
+            param.requires_grad_(name.rsplit("_", 1)[-1] in top)
         self.linear.requires_grad_(k > 0)
 
     def load_backbone(self, path: str | Path | None = None) -> Path:

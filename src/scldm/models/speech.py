@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from scldm.audio import FbankFrontend, MelFrontend, SpectrogramFrontend, WaveformFrontend
+from scldm.audio import MelFrontend, SpectrogramFrontend
 from scldm.errors import InputError
 from scldm.models.face_decoder import FaceDecoder
 from scldm.models.face_encoder import FaceEncoder
@@ -35,14 +35,12 @@ SPEECH_SIDES: dict[str, SpeechSide] = {
     "speech2face": SpeechSide(SpectrogramFrontend, SpeechEncoder, SPEECH_ENCODER_PRESETS),
     "ge2e": SpeechSide(MelFrontend, GE2ESpeechEncoder, GE2E_PRESETS),
 }
-# what a stage-1 export or an SCLDM pipeline folder may hold, by the class name in config.json
+# what a stage-1 export may hold, by the class name in its parts' config.json
 COMPONENTS: dict[str, type] = {
     cls.__name__: cls
     for cls in (
         SpectrogramFrontend,
         MelFrontend,
-        FbankFrontend,
-        WaveformFrontend,
         SpeechEncoder,
         GE2ESpeechEncoder,
         FaceEncoder,
