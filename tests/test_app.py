@@ -284,7 +284,22 @@ def test_the_server_answers_with_faces_and_survives_a_bad_file(server, voices):
     assert "Traceback" not in log.read_text()
 
 
+def test_each_answer_gets_a_fresh_folder_and_old_ones_go(tmp_path):
+    from scldm.app.page import Outbox
+
+    outbox = Outbox(tmp_path / "answers", keep_s=60)
+    first, second = outbox.folder(), outbox.folder()
+    assert first != second and first.parent == second.parent == tmp_path / "answers"
+    (first / "heard.wav").write_bytes(b"x")
+    os.utime(first, (time.time() - 120,) * 2)  # older than keep_s: the next answer removes it
+    third = outbox.folder()
+    assert not first.exists() and second.exists() and third.exists()
+
+
 def test_four_clients_at_once_all_get_their_faces(server, voices):
+    """The same voice from four clients: its spectrogram and heard audio are the same content in
+    every answer, which Gradio's content-addressed cache once rewrote in place while another
+    client was downloading it (a truncated download)."""
     url, _ = server
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda s: _generate(url, voices["voice.wav"], 2, s), range(4)))

@@ -16,8 +16,11 @@ import os
 import shutil
 import signal
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
+
+import soundfile as sf
 
 from scldm.app.studio import Sampling, Studio
 from scldm.audio import SAMPLE_RATE
@@ -51,8 +54,30 @@ def _header(studio: Studio) -> str:
     return "\n".join(lines)
 
 
-def build_page(studio: Studio) -> Any:
-    """The page's `gr.Blocks` for `studio`'s models."""
+class Outbox:
+    """A fresh folder per answer under `root` for the files the page hands to Gradio.
+
+    Gradio caches what a handler returns by content: a picture or an array is written to
+    `<hash>/name`, rewritten in place by every answer with the same content (the same voice's
+    spectrogram, the same voice and seed's faces) while another client may be downloading it,
+    which then gets a truncated file. A file path is instead copied once, under a temporary name
+    and renamed. So every answer is written here as files first; Gradio's copies are made as the
+    handler returns, and folders older than `keep_s` are removed by later answers."""
+
+    def __init__(self, root: Path, keep_s: float = 300.0):
+        self.root, self.keep_s = Path(root), keep_s
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def folder(self) -> Path:
+        now = time.time()
+        for old in self.root.iterdir():
+            if now - old.stat().st_mtime > self.keep_s:
+                shutil.rmtree(old, ignore_errors=True)
+        return Path(tempfile.mkdtemp(prefix="answer-", dir=self.root))
+
+
+def build_page(studio: Studio, outbox: Outbox) -> Any:
+    """The page's `gr.Blocks` for `studio`'s models; the answers' files go to `outbox`."""
     gr = _gradio()
     limits, defaults = studio.limits, studio.sampling_defaults()
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(300, 900)) as page:
@@ -101,7 +126,6 @@ def build_page(studio: Studio) -> Any:
                         fit_columns=False,
                         height=260,
                         object_fit="contain",
-                        format="png",
                         buttons=["download", "download_all", "fullscreen"],
                         elem_id=f"faces-{i}",
                         interactive=False,
@@ -112,14 +136,13 @@ def build_page(studio: Studio) -> Any:
         with gr.Row():
             heard = gr.Audio(
                 label=f"What the models heard (the first {studio.seconds:g} s)",
-                type="numpy",
+                type="filepath",
                 interactive=False,
                 buttons=["download"],
             )
             picture = gr.Image(
                 label="Its spectrogram",
-                type="pil",
-                format="png",
+                type="filepath",
                 interactive=False,
                 buttons=["download", "fullscreen"],
             )
@@ -137,13 +160,23 @@ def build_page(studio: Studio) -> Any:
                     name = Path(e.path).name
                     message = f"{name}: {message.replace(e.path, name)}"
                 raise gr.Error(message, print_exception=False) from None
-            galleries = [
-                [(im, f"{m.name} #{k + 1}") for k, im in enumerate(result.faces[m.name])]
-                for m in studio.models
-            ]
+            out = outbox.folder()
+            galleries = []
+            for i, m in enumerate(studio.models):
+                gallery = []
+                for k, im in enumerate(result.faces[m.name]):
+                    im.save(out / f"{i}-{m.name}-{k + 1}.png")
+                    gallery.append((str(out / f"{i}-{m.name}-{k + 1}.png"), f"{m.name} #{k + 1}"))
+                galleries.append(gallery)
             lines = [*result.notices, f"Made in {result.seconds:.1f} s."]
-            heard = (SAMPLE_RATE, (result.heard * 32767).clip(-32768, 32767).astype("int16"))
-            return (*galleries, "  \n".join(lines), heard, result.spectrogram)
+            sf.write(out / "heard.wav", result.heard.clip(-1, 1), SAMPLE_RATE, subtype="PCM_16")
+            result.spectrogram.save(out / "spectrogram.png")
+            return (
+                *galleries,
+                "  \n".join(lines),
+                str(out / "heard.wav"),
+                str(out / "spectrogram.png"),
+            )
 
         button.click(
             generate,
@@ -174,7 +207,7 @@ def serve(
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
-        page = build_page(studio)
+        page = build_page(studio, Outbox(temp / "answers"))
         page.queue(default_concurrency_limit=1, max_size=queue_size)
         print(f"scldm app: serving {len(studio.models)} model(s) on http://{host}:{port}")
         page.launch(
