@@ -75,3 +75,24 @@ def test_patch_discriminator_learns_to_tell_smooth_faces_from_noise():
     with torch.no_grad():
         real, fake = disc(smooth(16))[-1].mean(), disc(torch.rand(16, 3, 32, 32) * 2 - 1)[-1].mean()
     assert real > 0 > fake
+
+
+def test_a_luma_discriminator_is_blind_to_colour_noise_of_the_same_luminance():
+    from scldm.config import AdversarialConfig
+    from scldm.training.adversarial import Adversary
+
+    torch.manual_seed(0)
+    faces = torch.rand(2, 3, 32, 32) * 1.6 - 0.8
+    tint = torch.tensor([1.0, -0.299 / 0.587, 0.0]).view(1, 3, 1, 1)
+    chroma = torch.randn(2, 1, 32, 32) * 0.1 * tint
+    noisy = faces + chroma  # +R and as much luminance taken from G: colour speckles, same Y
+    last = torch.zeros(3, 3, 1, 1, requires_grad=True)
+    disc = {"preset": "tiny"}
+    rgb = Adversary(AdversarialConfig(weight=1.0, discriminator=disc), None, last)
+    luma = Adversary(AdversarialConfig(weight=1.0, sees="luma", discriminator=disc), None, last)
+    assert torch.equal(rgb.shown(faces), faces)
+    y = luma.shown(faces)
+    assert y.shape == faces.shape and torch.equal(y[:, 0], y[:, 2])
+    assert torch.allclose(y[:, 0], 0.299 * faces[:, 0] + 0.587 * faces[:, 1] + 0.114 * faces[:, 2])
+    assert torch.allclose(luma.shown(noisy), y, atol=1e-6)
+    assert not torch.allclose(rgb.module(noisy)[-1], rgb.module(faces)[-1], atol=1e-3)

@@ -172,11 +172,14 @@ class AdversarialConfig:
     reconstruction one, plus `feature_matching` · the discriminator-feature distance (a
     perceptual term learned on the training faces). Both start at `start_step`, when the
     discriminator starts training too; before it the reconstructions learn their coarse layout
-    from the pixel losses alone. weight 0 and feature_matching 0: no discriminator."""
+    from the pixel losses alone. weight 0 and feature_matching 0: no discriminator.
+    `sees`: "rgb", or "luma" for a discriminator shown only the faces' luminance, so that
+    colour noise earns the decoder nothing and colour is left to the pixel loss."""
 
     weight: float = 0.0
     feature_matching: float = 0.0
     start_step: int = 0
+    sees: Literal["rgb", "luma"] = "rgb"
     discriminator: Mapping[str, Any] = field(default_factory=lambda: {"preset": "small"})
     lr: float = 1e-3
     betas: tuple[float, float] = (0.5, 0.9)  # VQGAN's, for both players

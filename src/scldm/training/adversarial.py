@@ -57,6 +57,14 @@ class Adversary:
     def active(self, step: int) -> bool:
         return step >= self.cfg.start_step
 
+    def shown(self, faces: torch.Tensor) -> torch.Tensor:
+        """What D sees of (N, 3, H, W) faces: as they are, or their luminance (BT.601) in all
+        three channels (`sees: luma`)."""
+        if self.cfg.sees == "rgb":
+            return faces
+        luma = torch.tensor((0.299, 0.587, 0.114), dtype=faces.dtype, device=faces.device)
+        return torch.einsum("nchw,c->nhw", faces, luma).unsqueeze(1).expand_as(faces)
+
     def generator_terms(
         self,
         reconstruction: torch.Tensor,
@@ -70,9 +78,9 @@ class Adversary:
         cfg, last_layer = self.cfg, self.last_layer
         self.module.requires_grad_(False)
         try:
-            fake = self.module(reconstruction)
+            fake = self.module(self.shown(reconstruction))
             with torch.no_grad():
-                real = self.module(faces) if cfg.feature_matching else None
+                real = self.module(self.shown(faces)) if cfg.feature_matching else None
         finally:
             self.module.requires_grad_(True)
         adversarial = generator_adversarial_loss(fake[-1])
@@ -95,7 +103,7 @@ class Adversary:
     ) -> dict[str, torch.Tensor]:
         """One hinge-loss update of D on true faces against (detached) reconstructions, both in
         one call; its LR follows the stage's schedule (`lr_factor`)."""
-        both = torch.cat([faces, reconstruction.detach()])
+        both = self.shown(torch.cat([faces, reconstruction.detach()]))
         logits = self.disc(both)[-1]
         real, fake = logits[: len(faces)], logits[len(faces) :]
         loss = hinge_discriminator_loss(real, fake)
