@@ -50,6 +50,48 @@ def test_cache_is_built_once_and_rebuilt_when_the_manifest_changes(stage1, tmp_p
     assert other.path != cache.path and len(other) < len(cache)
 
 
+def test_cache_is_read_memory_mapped_and_an_older_format_is_rebuilt(stage1):
+    import numpy as np
+
+    from scldm.training.diffusion import CachedPairs, as_batch
+
+    data, run = stage1
+    encoders = load_encoders(run)
+    cache = build_cache(encoders, data, "train")
+    info = json.loads((cache.path / "done.json").read_text())
+    assert info["rows"] == len(cache) and sorted(info["tensors"]) == sorted(cache.tensors)
+    for name, tensor in cache.tensors.items():  # each tensor is its file, mapped, not a copy
+        file = cache.path / f"{name}.bin"
+        assert file.stat().st_size == tensor.numel() * tensor.element_size()
+        assert list(tensor.shape) == info["tensors"][name]["shape"]
+        mapped = [line.split()[0] for line in open("/proc/self/maps") if str(file) in line]
+        lo, hi = (int(a, 16) for a in mapped[0].split("-"))
+        assert lo <= tensor.data_ptr() < hi
+    # stage 2 gathers a batch's rows: what the old in-memory dataset gave
+    scale, rows = latent_scale(cache.latents), [5, 0, 3]
+    z, tokens = as_batch(CachedPairs(cache, scale).__getitems__(rows))
+    assert torch.equal(z, cache.latents[rows].clone() * scale) and tokens.dtype == torch.float32
+    assert torch.equal(tokens, cache.tokens[rows])
+    # a cache of the previous format (safetensors shards) is rebuilt in place
+    info["format"] = 1
+    (cache.path / "done.json").write_text(json.dumps(info))
+    again = build_cache(encoders, data, "train")
+    assert again.path == cache.path
+    assert json.loads((cache.path / "done.json").read_text())["format"] == 2
+    torch.testing.assert_close(again.latents, cache.latents)  # (batched otherwise: not bitwise)
+    np.testing.assert_array_equal(again.tensors["row"].numpy(), cache.tensors["row"].numpy())
+
+
+def test_latent_scale_is_one_over_the_std_summed_in_chunks():
+    torch.manual_seed(0)
+    latents = torch.randn(1000, 4, 8, 8) * 3 + 1
+    expected = 1 / latents.double().std().item()
+    assert latent_scale(latents, chunk=7) == pytest.approx(expected, rel=1e-7)
+    assert latent_scale(latents) == pytest.approx(expected, rel=1e-7)
+    assert latent_scale(latents) == torch.tensor(latent_scale(latents)).item()  # saved as float32
+    assert latent_scale(torch.zeros(3, 4)) == pytest.approx(1e8)  # no spread: clamped, as LDM's
+
+
 def test_prior_is_the_mean_of_balanced_scaled_latents(stage1):
     data, run = stage1
     cache = build_cache(load_encoders(run), data, "train")

@@ -72,9 +72,16 @@ def prior_shift(prior: torch.Tensor | None, prior_scale: float) -> torch.Tensor 
     return prior_scale * prior
 
 
-def latent_scale(latents: torch.Tensor) -> float:
-    """LDM's `scale_by_std`: the factor that gives the training latents unit variance."""
-    return float(1.0 / latents.float().std().clamp_min(1e-8))
+def latent_scale(latents: torch.Tensor, chunk: int = 4096) -> float:
+    """LDM's `scale_by_std`: the factor that gives the training latents unit variance. Summed
+    in float64 over `chunk` rows at a time, so a memory-mapped cache is never copied whole;
+    rounded to float32, as it is saved."""
+    n, total, squares = latents.numel(), 0.0, 0.0
+    for start in range(0, len(latents), chunk):
+        rows = latents[start : start + chunk].double()
+        total, squares = total + rows.sum().item(), squares + rows.square().sum().item()
+    std = max((squares - total * total / n) / max(n - 1, 1), 0.0) ** 0.5  # unbiased, as torch's
+    return torch.tensor(1.0 / max(std, 1e-8)).item()  # float32, as prior.safetensors keeps it
 
 
 def balanced_order(

@@ -15,7 +15,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from diffusers import DDPMScheduler
-from torch.utils.data import BatchSampler, DataLoader, Sampler, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 from scldm.config import DiffusionStageConfig
 from scldm.data.synthvox import training_data
@@ -67,6 +67,30 @@ class EpochSampler(Sampler[int]):
         return self.n
 
 
+class CachedPairs(Dataset):
+    """(z_0, tokens) rows of a latent cache for the UNet: latents times `scale`, both float32,
+    gathered a batch at a time from the memory-mapped cache (`__getitems__`), so no process
+    holds a copy of the split. Its loader's collate_fn is `as_batch`."""
+
+    def __init__(self, cache: LatentCache, scale: float) -> None:
+        self.latents, self.tokens, self.scale = cache.latents, cache.tokens, scale
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.latents[i].float() * self.scale, self.tokens[i].float()
+
+    def __getitems__(self, rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(rows)
+        return self.latents[index].float() * self.scale, self.tokens[index].float()
+
+
+def as_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The collate_fn of a `CachedPairs` loader: its batch is already gathered."""
+    return batch
+
+
 # --- Validation ------------------------------------------------------------------------------
 
 
@@ -91,7 +115,7 @@ def sample_grid(
         if len(picks) == cfg.eval.grid_size:
             break
     k = cfg.images_per_voice
-    tokens = cache.tokens[picks].repeat_interleave(k, dim=0)
+    tokens = cache.tokens[picks].float().repeat_interleave(k, dim=0)
     device = next(unet.parameters()).device
     latents = sample_latents(
         unet,
@@ -164,27 +188,28 @@ def train(
             encoders, cache, cfg.decoder, cfg.data.root, val_cache, device=device
         )
     encoders = dataclasses.replace(encoders, face_decoder=decoder)  # for the grids and export
-    latents = cache.latents.float() * scale
+    dataset = CachedPairs(cache, scale)
     log.info(
         "stage 2: %d cached clips, latents %s (scale %.4f), tokens %s, λ_train %g, global batch "
         "%d over %d process(es)",
         len(cache),
-        tuple(latents.shape[1:]),
+        tuple(cache.latents.shape[1:]),
         scale,
         tuple(cache.tokens.shape[1:]),
         cfg.lambda_train,
         global_batch(cfg.train, accelerator),
         accelerator.num_processes,
     )
-    dataset = TensorDataset(latents, cache.tokens.float())
     if len(dataset) < cfg.train.batch_size:
         raise InputError(None, f"{len(dataset)} clips < train.batch_size {cfg.train.batch_size}")
     sampler = EpochSampler(len(dataset), cfg.train.seed)
     loader = DataLoader(
-        dataset, batch_sampler=BatchSampler(sampler, cfg.train.batch_size, drop_last=True)
+        dataset,
+        batch_sampler=BatchSampler(sampler, cfg.train.batch_size, drop_last=True),
+        collate_fn=as_batch,
     )
     set_seed(cfg.train.seed)  # the same draws whether this run built the caches or read them
-    unet = build_unet(_unet_for(cfg.unet, tuple(latents.shape[1:])))
+    unet = build_unet(_unet_for(cfg.unet, tuple(cache.latents.shape[1:])))
     noise_scheduler = DDPMScheduler(**cfg.scheduler)
     optimizer = torch.optim.AdamW(
         unet.parameters(),

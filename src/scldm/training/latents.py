@@ -2,21 +2,26 @@
 latents and speech tokens computed once with them, and (`face_prior`) the face prior of those
 latents, computed by `scldm.diffusion.prior`.
 
-A cache lives in `<stage-1 run>/cache/<split>-<key>/` as safetensors shards; the key hashes the
-encoder weights, the front end, the manifest and the image size, so a new stage-1 export or an
-edited manifest builds a new cache and every later stage-2 run reuses it.
+A cache lives in `<stage-1 run>/cache/<split>-<key>/`: one raw little-endian array per tensor
+(`<name>.bin`, float32 or int64, rows first) and `done.json` with their dtypes and shapes; the key
+hashes the encoder weights, the front end, the manifest and the image size, so a new stage-1
+export or an edited manifest builds a new cache and every later stage-2 run reuses it. It is
+written batch by batch as it is encoded and read memory-mapped, so neither building nor reading
+it holds the split in memory, and the processes of a multi-GPU run share one copy (the page
+cache) instead of each loading its own: at VoxCeleb2's 1.1 M clips it is 34 GB at `base`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -35,7 +40,8 @@ from scldm.models import (
 )
 
 log = logging.getLogger("scldm.train")
-SHARD_ROWS = 4096
+CACHE_FORMAT = 2  # 1: safetensors shards loaded whole (rebuilt when found)
+CACHED = ("latents", "tokens", "speech_embedding", "speaker", "row")
 PARTS = ("frontend", "speech_encoder", "face_encoder", "face_decoder")
 
 
@@ -100,7 +106,8 @@ def cache_key(encoders: Encoders, data: Path, split: str) -> str:
 class LatentCache:
     """Rows of one split: unscaled face `latents` (N, C, h, w), speech `tokens` (N, L, D),
     `speech_embedding` (N, D), `speaker` (N,) and `row` (N,) indices into `rows` (the split's
-    manifest rows), with `speakers` the split's sorted speaker ids."""
+    manifest rows), with `speakers` the split's sorted speaker ids. The tensors are backed by
+    the cache's files: index the rows a step needs rather than copying a whole tensor."""
 
     path: Path
     tensors: dict[str, torch.Tensor]
@@ -121,24 +128,60 @@ class LatentCache:
 
 @torch.no_grad()
 def _encode_split(
-    encoders: Encoders, dataset: SpeechFaceDataset, batch_size: int, num_workers: int
-) -> dict[str, torch.Tensor]:
+    encoders: Encoders, dataset: SpeechFaceDataset, out: Path, batch_size: int, num_workers: int
+) -> dict[str, Any]:
+    """Encode the split batch by batch, appending each tensor's rows to OUT/<name>.bin; the
+    tensors' {"dtype", "shape"} for done.json."""
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=num_workers)
-    out: dict[str, list[torch.Tensor]] = {
-        k: [] for k in ("latents", "tokens", "speech_embedding", "speaker", "row")
-    }
-    for batch in tqdm(loader, desc=f"caching {len(dataset)} clips", unit="batch", disable=None):
-        if batch is None:  # every clip of it unreadable (logged by `collate`); rows say which
-            continue
-        speech = encoders.speech_encoder(encoders.frontend(batch["waveform"]))
-        out["latents"].append(encoders.face_encoder.encode(batch["face"]))
-        out["tokens"].append(speech.tokens)
-        out["speech_embedding"].append(speech.embedding)
-        out["speaker"].append(batch["speaker"])
-        out["row"].append(batch["index"])
-    if not out["row"]:
+    files = {k: open(out / f"{k}.bin", "wb") for k in CACHED}
+    layout: dict[str, Any] = {}
+    rows = 0
+    try:
+        desc = f"caching {len(dataset)} clips"
+        for batch in tqdm(loader, desc=desc, unit="batch", disable=None):
+            if batch is None:  # every clip of it unreadable (logged by `collate`); rows say which
+                continue
+            speech = encoders.speech_encoder(encoders.frontend(batch["waveform"]))
+            tensors = {
+                "latents": encoders.face_encoder.encode(batch["face"]),
+                "tokens": speech.tokens,
+                "speech_embedding": speech.embedding,
+                "speaker": batch["speaker"],
+                "row": batch["index"],
+            }
+            for k, v in tensors.items():
+                v = v.float() if v.is_floating_point() else v.long()
+                layout[k] = {
+                    "dtype": str(v.dtype).removeprefix("torch."),
+                    "shape": list(v.shape[1:]),
+                }
+                array = v.detach().cpu().contiguous().numpy()
+                files[k].write(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+            rows += len(batch["index"])
+    finally:
+        for f in files.values():
+            f.close()
+    if not rows:
         raise InputError(dataset.root, f"no readable clip in split {dataset.split!r}")
-    return {k: torch.cat(v).contiguous() for k, v in out.items()}
+    for v in layout.values():
+        v["shape"] = [rows, *v["shape"]]
+    return layout
+
+
+def _map(path: Path, dtype: str, shape: list[int]) -> torch.Tensor:
+    """OUT/<name>.bin as a tensor backed by the file (copy-on-write: reading shares the page
+    cache between processes, and a write would stay private to this one)."""
+    little_endian = np.dtype(dtype).newbyteorder("<")
+    return torch.from_numpy(np.memmap(path, dtype=little_endian, mode="c", shape=tuple(shape)))
+
+
+def _cache_info(done: Path) -> dict[str, Any] | None:
+    """done.json of a complete cache of this format, or None (missing, older or unreadable)."""
+    try:
+        info = json.loads(done.read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) and info.get("format") == CACHE_FORMAT else None
 
 
 def build_cache(
@@ -150,27 +193,27 @@ def build_cache(
     num_workers: int = 0,
     rebuild: bool = False,
 ) -> LatentCache:
-    """The split's cache, built now if no valid one exists (`rebuild` forces it)."""
+    """The split's cache, built now if no valid one exists (`rebuild` forces it), memory-mapped."""
     data = Path(data)
     dataset = SpeechFaceDataset(
         data, split, frontend=encoders.frontend, image_size=encoders.image_size
     )
     key = cache_key(encoders, data, split)
     path = encoders.path.parent / "cache" / f"{split}-{key}"
-    if rebuild or not (path / "done.json").is_file():
-        tensors = _encode_split(encoders, dataset, batch_size, num_workers)
-        n = len(tensors["latents"])
+    info = None if rebuild else _cache_info(path / "done.json")
+    if info is None:
         with atomic_dir(path) as tmp:
-            for i, start in enumerate(range(0, n, SHARD_ROWS)):
-                shard = {k: v[start : start + SHARD_ROWS].contiguous() for k, v in tensors.items()}
-                save_file(shard, tmp / f"shard_{i:05d}.safetensors")
-            info = {"rows": n, "split": split, "data": str(data.resolve()), "key": key}
+            layout = _encode_split(encoders, dataset, tmp, batch_size, num_workers)
+            n = layout["row"]["shape"][0]
+            info = {"format": CACHE_FORMAT, "rows": n, "split": split, "key": key}
+            info |= {"data": str(data.resolve()), "tensors": layout}
             write_json(tmp / "done.json", info, indent=2)
         log.info("cached %d %s clips in %s", n, split, path)
     else:
         log.info("reusing the latent cache %s", path)
-    shards = [load_file(p) for p in sorted(path.glob("shard_*.safetensors"))]
-    tensors = {k: torch.cat([s[k] for s in shards]) for k in shards[0]}
+    tensors = {
+        k: _map(path / f"{k}.bin", v["dtype"], v["shape"]) for k, v in info["tensors"].items()
+    }
     return LatentCache(path=path, tensors=tensors, rows=dataset.rows, speakers=dataset.speakers)
 
 
