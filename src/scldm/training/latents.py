@@ -41,7 +41,6 @@ from scldm.models import (
 
 log = logging.getLogger("scldm.train")
 CACHE_FORMAT = 2  # 1: safetensors shards loaded whole (rebuilt when found)
-CACHED = ("latents", "tokens", "speech_embedding", "speaker", "row")
 PARTS = ("frontend", "speech_encoder", "face_encoder", "face_decoder")
 
 
@@ -126,53 +125,74 @@ class LatentCache:
         return self.tensors["tokens"]
 
 
+class RowFiles:
+    """Rows of named tensors appended to FOLDER/<name>.bin (float32 or int64, little-endian, rows
+    first) as they are computed; `close()` gives their {name: {"dtype", "shape"}} for done.json
+    and `map_rows` reads them back."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.rows = folder, 0
+        self.files: dict[str, Any] = {}
+        self.layout: dict[str, dict[str, Any]] = {}
+
+    def append(self, tensors: dict[str, torch.Tensor]) -> None:
+        """One batch: the same names and the same number of rows every time."""
+        for k, v in tensors.items():
+            v = v.detach().float() if v.is_floating_point() else v.detach().long()
+            if k not in self.files:
+                self.files[k] = open(self.folder / f"{k}.bin", "wb")  # noqa: SIM115 (closed by close)
+                self.layout[k] = {
+                    "dtype": str(v.dtype).removeprefix("torch."),
+                    "shape": list(v.shape),
+                }
+            array = v.cpu().contiguous().numpy()
+            self.files[k].write(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+        self.rows += len(next(iter(tensors.values())))
+
+    def close(self) -> dict[str, dict[str, Any]]:
+        for f in self.files.values():
+            f.close()
+        return {k: {**v, "shape": [self.rows, *v["shape"][1:]]} for k, v in self.layout.items()}
+
+
+def map_rows(folder: Path, layout: dict[str, dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """The tensors `RowFiles` wrote to FOLDER, each backed by its file (copy-on-write: reading
+    shares the page cache between processes, and a write would stay private to this one)."""
+    out = {}
+    for k, v in layout.items():
+        little_endian = np.dtype(v["dtype"]).newbyteorder("<")
+        array = np.memmap(
+            folder / f"{k}.bin", dtype=little_endian, mode="c", shape=tuple(v["shape"])
+        )
+        out[k] = torch.from_numpy(array)
+    return out
+
+
 @torch.no_grad()
 def _encode_split(
     encoders: Encoders, dataset: SpeechFaceDataset, out: Path, batch_size: int, num_workers: int
 ) -> dict[str, Any]:
-    """Encode the split batch by batch, appending each tensor's rows to OUT/<name>.bin; the
-    tensors' {"dtype", "shape"} for done.json."""
+    """Encode the split batch by batch into `RowFiles` in OUT; their layout."""
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=num_workers)
-    files = {k: open(out / f"{k}.bin", "wb") for k in CACHED}
-    layout: dict[str, Any] = {}
-    rows = 0
+    files = RowFiles(out)
     try:
         desc = f"caching {len(dataset)} clips"
         for batch in tqdm(loader, desc=desc, unit="batch", disable=None):
             if batch is None:  # every clip of it unreadable (logged by `collate`); rows say which
                 continue
             speech = encoders.speech_encoder(encoders.frontend(batch["waveform"]))
-            tensors = {
+            files.append({
                 "latents": encoders.face_encoder.encode(batch["face"]),
                 "tokens": speech.tokens,
                 "speech_embedding": speech.embedding,
                 "speaker": batch["speaker"],
                 "row": batch["index"],
-            }
-            for k, v in tensors.items():
-                v = v.float() if v.is_floating_point() else v.long()
-                layout[k] = {
-                    "dtype": str(v.dtype).removeprefix("torch."),
-                    "shape": list(v.shape[1:]),
-                }
-                array = v.detach().cpu().contiguous().numpy()
-                files[k].write(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
-            rows += len(batch["index"])
+            })  # fmt: skip
     finally:
-        for f in files.values():
-            f.close()
-    if not rows:
+        layout = files.close()
+    if not files.rows:
         raise InputError(dataset.root, f"no readable clip in split {dataset.split!r}")
-    for v in layout.values():
-        v["shape"] = [rows, *v["shape"]]
     return layout
-
-
-def _map(path: Path, dtype: str, shape: list[int]) -> torch.Tensor:
-    """OUT/<name>.bin as a tensor backed by the file (copy-on-write: reading shares the page
-    cache between processes, and a write would stay private to this one)."""
-    little_endian = np.dtype(dtype).newbyteorder("<")
-    return torch.from_numpy(np.memmap(path, dtype=little_endian, mode="c", shape=tuple(shape)))
 
 
 def _cache_info(done: Path) -> dict[str, Any] | None:
@@ -211,9 +231,7 @@ def build_cache(
         log.info("cached %d %s clips in %s", n, split, path)
     else:
         log.info("reusing the latent cache %s", path)
-    tensors = {
-        k: _map(path / f"{k}.bin", v["dtype"], v["shape"]) for k, v in info["tensors"].items()
-    }
+    tensors = map_rows(path, info["tensors"])
     return LatentCache(path=path, tensors=tensors, rows=dataset.rows, speakers=dataset.speakers)
 
 
