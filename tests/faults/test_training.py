@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -126,6 +127,65 @@ def test_a_stop_signal_to_a_running_process_exits_143_with_a_checkpoint(data, tm
     assert last.startswith("scldm: stopped by SIGTERM after step ")
     step = int(last.split("after step ")[1].split(";")[0])
     assert (run / "checkpoints" / f"step_{step:07d}" / "digest.json").is_file()
+
+
+def _signal_mask(pid: int, field: str) -> int:
+    """A process's SigBlk or SigIgn bits (/proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1], 16)
+    raise AssertionError(field)
+
+
+def _alive(pid: int) -> bool:
+    state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return state != "Z"
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+def test_a_loader_worker_survives_a_group_stop_signal_and_ends_when_its_parent_ends_it(tmp_path):
+    # CI: a worker born just as SIGTERM reached the process group died of it (the run ended
+    # without a checkpoint), and the training loader's worker, which ignored SIGTERM, hung the
+    # exit for ever: multiprocessing terminates a parent's workers at exit and joins them
+    import multiprocessing as mp
+
+    from scldm.training.guard import guarded
+
+    loader = torch.utils.data.DataLoader(range(8), batch_size=2, num_workers=1)
+
+    def train(cfg):
+        it = iter(loader)
+        next(it)
+        (worker,) = [p for p in mp.active_children() if p.daemon]
+        # born with the stop signals blocked; the parent's mask is as before
+        stop = (1 << (signal.SIGTERM - 1)) | (1 << (signal.SIGINT - 1))
+        assert _signal_mask(worker.pid, "SigBlk") & stop == stop
+        assert _signal_mask(os.getpid(), "SigBlk") & stop == 0
+        # a SIGTERM from anyone but its parent (a scheduler's, to the process group): ignored
+        subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)
+        subprocess.run(["kill", "-INT", str(worker.pid)], check=True)
+        time.sleep(0.5)
+        assert _alive(worker.pid)
+        assert next(it).tolist() == [2, 3]  # and it still serves batches
+        # its parent's SIGTERM (multiprocessing's terminate, as at exit) ends it
+        worker.terminate()
+        worker.join(timeout=10)
+        assert worker.exitcode == 0
+        del it
+        return tmp_path
+
+    class Cfg:
+        class train:
+            output_dir = tmp_path / "run"
+            skip_nonfinite = 0
+
+    guarded(train)(Cfg)
+    # outside a run, forks are left alone
+    it = iter(loader)
+    next(it)
+    (worker,) = [p for p in mp.active_children() if p.daemon]
+    assert _signal_mask(worker.pid, "SigBlk") & (1 << (signal.SIGTERM - 1)) == 0
+    del it
 
 
 def _nan_at_call(monkeypatch, n: int) -> None:

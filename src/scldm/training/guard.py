@@ -11,6 +11,9 @@ active `RunGuard` (`active()`):
   with `Preempted`: one line, exit status 128 + the signal. `--resume latest` continues from
   it exactly. A second signal stops at once (KeyboardInterrupt). All processes of a run agree
   on the step to stop at (one small all-reduce a step), so none waits for the others forever.
+  Processes forked during a run (the loader workers) are born with the stop signals blocked
+  and leave them to the main process: a signal sent to the whole process group never kills a
+  worker before the checkpoint, while their parent can still end them (`_take_stop_signals`).
 - **Non-finite losses.** A loss that is NaN or infinite on any process stops the run with one
   line naming the step and the last good checkpoint (none is written for the diverged state);
   `train.skip_nonfinite: N` skips up to N such steps instead (no update; the step counts, so
@@ -167,6 +170,53 @@ def _last_good(checkpoints: Path) -> str:
     return (
         f"the last good checkpoint is {done[-1]} (continue from it with --resume {done[-1]}, "
         "e.g. at a lower learning rate, or skip such steps with --set train.skip_nonfinite=N)"
+    )
+
+
+# --- processes forked during a run ---------------------------------------------------------------
+
+
+def _block_before_fork() -> None:
+    # blocked in the forking thread across the fork, so the child is born with them blocked
+    # and none arrives in between; a signal meanwhile waits for the parent's unblock
+    if _active is not None:
+        _forking.mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+
+
+def _unblock_in_parent() -> None:
+    mask = getattr(_forking, "mask", None)
+    if mask is not None:
+        _forking.mask = None
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _wait_in_child() -> None:
+    if getattr(_forking, "mask", None) is not None:
+        _forking.mask = None
+        threading.Thread(
+            target=_take_stop_signals, args=(os.getppid(),), daemon=True, name="stop-signals"
+        ).start()
+
+
+def _take_stop_signals(parent: int) -> None:
+    """The stop signals of a process forked during a run (blocked since its birth): SIGTERM
+    from `parent` (torch shutting its loader workers down, multiprocessing terminating them at
+    exit) ends it, as torch's own worker handler would; any other (a scheduler's SIGTERM or a
+    Ctrl-C to the process group) is the main process's to act on and is ignored here. A worker
+    that ignored them all would hang its parent's exit, which terminates workers and joins them.
+    Programs a worker starts inherit the blocked signals (training's workers start none)."""
+    while True:
+        info = signal.sigwaitinfo(_SIGNALS)
+        if info.si_signo == signal.SIGTERM and info.si_pid == parent:
+            os._exit(0)
+
+
+_forking = threading.local()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_block_before_fork,
+        after_in_parent=_unblock_in_parent,
+        after_in_child=_wait_in_child,
     )
 
 

@@ -8,7 +8,6 @@ import importlib.util
 import json
 import logging
 import os
-import signal
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -119,15 +118,10 @@ def progress_bar(accelerator: Accelerator, train: TrainConfig, start: int, desc:
 def background_worker(worker_id: int) -> None:
     """DataLoader `worker_init_fn`: run loader workers at low CPU priority, so that on a machine
     whose cores are all busy decoding files fills the gaps instead of preempting the training
-    step (measurements: benchmarks/results/pretrain_cpu.md), and leave stop signals to the main
-    process."""
+    step (measurements: benchmarks/results/pretrain_cpu.md). Stop signals in the workers of a
+    guarded run: scldm.training.guard."""
     if hasattr(os, "nice"):
         os.nice(10)
-    # a stop signal sent to the whole process group (a scheduler's SIGTERM, Ctrl-C) is the main
-    # process's to handle (scldm.training.guard): a worker that died of it would end the run
-    # before its checkpoint; the main process ends its workers itself
-    for s in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(s, signal.SIG_IGN)
 
 
 def batch_stream(
