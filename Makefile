@@ -26,9 +26,9 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 # real recordings of named speakers for the speaker-encoder tests (Debian's asterisk prompts)
-TEST_SOUNDS := asterisk-core-sounds-en-wav asterisk-core-sounds-it-wav
+TEST_SOUNDS := asterisk-core-sounds-en-wav asterisk-core-sounds-it-wav asterisk-prompt-it-menardi-wav
 test-sounds:
-	@[ -d /usr/share/asterisk/sounds/it_IT_m_Carlo ] || { echo "installing $(TEST_SOUNDS)"; \
+	@[ -d /usr/share/asterisk/sounds/it_IT_m_Carlo ] && [ -d /usr/share/asterisk/sounds/it_IT_f_Menardi ] || { echo "installing $(TEST_SOUNDS)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get install -y -qq $(TEST_SOUNDS) >/dev/null 2>&1 || \
 	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $(TEST_SOUNDS) >/dev/null; }; }
