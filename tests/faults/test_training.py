@@ -121,7 +121,12 @@ def test_a_stop_signal_to_a_running_process_exits_143_with_a_checkpoint(data, tm
         assert time.time() < deadline and proc.poll() is None
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # a hung run must not outlive the test
+        _, err = proc.communicate()
+        pytest.fail("no exit 120 s after SIGTERM; its stderr ends:\n" + err[-3000:])
     assert proc.returncode == 143, err[-2000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith("scldm: stopped by SIGTERM after step ")

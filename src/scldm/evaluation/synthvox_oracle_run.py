@@ -169,7 +169,7 @@ def run_oracle(data: Path, out: Path, *, steps: int | None = None, seed: int = 0
             "test_faces": len(test_faces),
             "test_speakers": len(test),
         },
-        seconds=time.perf_counter() - start,
+        seconds=round(time.perf_counter() - start, 1),  # as metrics.json keeps it
     )
     order = list(report.oracle)
     report.ceiling = {k: report.ceiling[k] for k in order}
