@@ -80,6 +80,11 @@ def test_cache_is_read_memory_mapped_and_an_older_format_is_rebuilt(stage1):
     assert json.loads((cache.path / "done.json").read_text())["format"] == 2
     torch.testing.assert_close(again.latents, cache.latents)  # (batched otherwise: not bitwise)
     np.testing.assert_array_equal(again.tensors["row"].numpy(), cache.tensors["row"].numpy())
+    # a file cut short since (a full disk, a copy that stopped) is rebuilt too, not mapped
+    with open(cache.path / "tokens.bin", "r+b") as f:
+        f.truncate(100)
+    build_cache(encoders, data, "train")
+    assert (cache.path / "tokens.bin").stat().st_size == cache.tokens.numel() * 4
 
 
 def test_latent_scale_is_one_over_the_std_summed_in_chunks():

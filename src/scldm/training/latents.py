@@ -196,12 +196,19 @@ def _encode_split(
 
 
 def _cache_info(done: Path) -> dict[str, Any] | None:
-    """done.json of a complete cache of this format, or None (missing, older or unreadable)."""
+    """done.json of a complete cache of this format whose files have the sizes it states, or
+    None (missing, older, unreadable, or a file gone or cut short since)."""
     try:
         info = json.loads(done.read_text())
-    except (OSError, ValueError):
+        if not (isinstance(info, dict) and info.get("format") == CACHE_FORMAT):
+            return None
+        for name, t in info["tensors"].items():
+            size = np.dtype(t["dtype"]).itemsize * int(np.prod(t["shape"]))
+            if (done.parent / f"{name}.bin").stat().st_size != size:
+                return None
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    return info if isinstance(info, dict) and info.get("format") == CACHE_FORMAT else None
+    return info
 
 
 def build_cache(
