@@ -59,8 +59,9 @@ lint: install
 
 # The main job end to end on SynthVox: data, its oracle, stage 1, the face prior, stage 2 and
 # faces for held-out voices. Steps are cut to fit a laptop; the full settings are the presets'.
-# Stage 2 skips the decoder refinement (decoder.steps=0): on the demo's short runs it changed
-# little for its cost (docs/notes/2026-11-decoder-refinement.md).
+# Stage 2 first refines the face decoder (small's 600 steps, ~2 min): on the demo's validation
+# voices its faces are harder to tell from true ones and read gender better
+# (docs/notes/2026-12-01-decoder-luma-and-the-demo.md).
 DEMO ?= runs/demo
 demo: install
 	$(VENV)/bin/scldm prepare synthvox --out $(DEMO)/data --speakers 600 --image-size 64 --workers 2
@@ -70,7 +71,7 @@ demo: install
 	  --set train.save_every=400 --resume latest
 	$(VENV)/bin/scldm prior --encoders $(DEMO)/encoders --data $(DEMO)/data
 	$(VENV)/bin/scldm train --encoders $(DEMO)/encoders --data $(DEMO)/data --out $(DEMO)/ldm \
-	  --config small --set train.max_steps=600 --set train.eval_every=300 --set decoder.steps=0 \
+	  --config small --set train.max_steps=600 --set train.eval_every=300 \
 	  --resume latest
 	$(VENV)/bin/scldm generate --data $(DEMO)/data --split test --speakers 4 \
 	  --model $(DEMO)/ldm/pipeline -o $(DEMO)/faces --num-images 4
