@@ -31,6 +31,7 @@ CASES = {
     "reverb (RT60 0.2-1 s)": AugmentConfig(reverb_p=1.0),
     "noise (coloured or babble)": AugmentConfig(noise_p=1.0),
     "gain + clipping": AugmentConfig(gain_p=1.0),
+    "8 kHz recording (narrowband)": AugmentConfig(narrowband_p=1.0),
     "telephone (8 kHz, band, μ-law)": AugmentConfig(telephone_p=1.0),
     "codec mp3": AugmentConfig(codec_p=1.0, codecs=("mp3",)),
     "codec vorbis": AugmentConfig(codec_p=1.0, codecs=("vorbis",)),

@@ -20,16 +20,20 @@ from scldm.audio.augmentation import (
     codec_round_trip,
     coloured_noise,
     mu_law,
+    narrowband,
     reverberate,
     room_impulse,
     telephone,
 )
 from scldm.config import AugmentConfig, load_config
 
-ALL = AugmentConfig(noise_p=0.5, reverb_p=0.5, telephone_p=0.5, codec_p=0.5, gain_p=0.5)
+ALL = AugmentConfig(
+    noise_p=0.5, reverb_p=0.5, narrowband_p=0.5, telephone_p=0.5, codec_p=0.5, gain_p=0.5
+)
 ONE_EACH = {
     "noise": AugmentConfig(noise_p=1.0),
     "reverb": AugmentConfig(reverb_p=1.0),
+    "narrowband": AugmentConfig(narrowband_p=1.0),
     "telephone": AugmentConfig(telephone_p=1.0),
     "codec": AugmentConfig(codec_p=1.0),
     "gain": AugmentConfig(gain_p=1.0, gain_db=(-20.0, -1.0)),
@@ -175,6 +179,19 @@ def test_telephone_keeps_the_band_and_removes_the_rest():
     assert (band_power(out, 4000, SR / 2) / band_power(out, 0, SR / 2) < 0.01).all()
     in_band = db(band_power(out, 600, 3000) / band_power(noise, 600, 3000))
     assert (in_band.abs() < 1.0).all()  # the pass band is kept, μ-law noise is small
+
+
+def test_narrowband_removes_what_is_above_4_khz_and_keeps_the_fundamental():
+    noise = 0.1 * torch.randn(2, SR, generator=gen())
+    out = narrowband(noise, SR)
+    assert out.shape == noise.shape and out.dtype == noise.dtype
+    assert (band_power(out, 4100, SR / 2) / band_power(out, 0, SR / 2) < 0.001).all()
+    # the low band, where a voice's fundamental lies, is kept (the telephone removes it)
+    for low, high in ((60, 300), (300, 3400)):
+        kept = db(band_power(out, low, high) / band_power(noise, low, high))
+        assert (kept.abs() < 0.5).all()
+    phone = telephone(noise, SR)
+    assert (db(band_power(phone, 60, 200) / band_power(noise, 60, 200)) < -10).all()
 
 
 @pytest.mark.parametrize("codec", ["mp3", "vorbis"])

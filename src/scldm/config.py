@@ -48,13 +48,15 @@ class AugmentConfig:
     Each `*_p` is the probability that a clip gets that effect, drawn per clip and per effect
     independently; each range is (low, high), drawn uniformly per clip. All p 0: no
     augmentation. The effects run in the order of a real recording: room (reverb, noise), then
-    capture (gain, clipping), then channel (telephone band, codec).
+    capture (gain, clipping), then channel (8 kHz recording, telephone band, codec).
 
     noise: background noise at an SNR in dB relative to the clip's power, of a kind drawn
     among `noise_kinds` (white, pink, brown: coloured noise; babble: 3-5 other clips of the
     batch at random offsets). reverb: a synthetic room impulse response with an RT60 in
     seconds and a direct-to-reverberant ratio in dB, the output at the input's level.
-    telephone: 8 kHz, 300-3400 Hz, 8-bit μ-law (G.711). codec: a round trip through one of
+    narrowband: resampled to 8 kHz and back, as a recording made at 8 kHz (IVR prompts, many
+    older recordings): nothing above 4 kHz, the fundamental kept. telephone: 8 kHz, 300-3400 Hz,
+    8-bit μ-law (G.711). codec: a round trip through one of
     `codecs` at a libsndfile `compression_level` (0 best, 1 smallest; at 16 kHz 0.5-0.99 is
     about 15-30 kb/s). gain: a level change in dB, clipped to [-1, 1] (loud recordings clip).
     """
@@ -70,6 +72,7 @@ class AugmentConfig:
     reverb_p: float = 0.0
     rt60: tuple[float, float] = (0.2, 1.0)
     drr_db: tuple[float, float] = (0.0, 15.0)
+    narrowband_p: float = 0.0
     telephone_p: float = 0.0
     codec_p: float = 0.0
     codecs: tuple[Literal["mp3", "vorbis"], ...] = ("mp3", "vorbis")
@@ -78,7 +81,7 @@ class AugmentConfig:
     gain_db: tuple[float, float] = (-25.0, 10.0)
 
     def __post_init__(self) -> None:
-        for name in ("noise_p", "reverb_p", "telephone_p", "codec_p", "gain_p"):
+        for name in ("noise_p", "reverb_p", "narrowband_p", "telephone_p", "codec_p", "gain_p"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise InputError(None, f"augment.{name}: expected a probability in [0, 1]")
         for name in ("snr_db", "rt60", "drr_db", "compression_level", "gain_db"):
@@ -93,7 +96,8 @@ class AugmentConfig:
 
     @property
     def enabled(self) -> bool:
-        return max(self.noise_p, self.reverb_p, self.telephone_p, self.codec_p, self.gain_p) > 0
+        probabilities = (self.noise_p, self.reverb_p, self.narrowband_p, self.telephone_p)
+        return max(*probabilities, self.codec_p, self.gain_p) > 0
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """Sim-to-real augmentation of training audio: room reverberation, background noise, level and
-clipping, telephone band and lossy codecs, drawn per clip from an explicit generator.
+clipping, 8 kHz recording, telephone band and lossy codecs, drawn per clip from an explicit
+generator.
 
 References: synthetic room impulse responses as exponentially decaying noise after a direct
 path (Ko et al. 2017, "A study on data augmentation of reverberant speech for robust speech
@@ -188,16 +189,30 @@ def _resample(wave: torch.Tensor, rate: int, new_rate: int) -> torch.Tensor:
     return torch.from_numpy(soxr.resample(x, rate, new_rate).T.copy())
 
 
-def telephone(wave: torch.Tensor, sample_rate: int) -> torch.Tensor:
-    """`wave` (B, S) through a landline: resampled to 8 kHz (band-limited to 4 kHz), band-passed
-    to 300-3400 Hz, 8-bit μ-law, then resampled back to `sample_rate`. Deterministic."""
+def _at_rate(wave: torch.Tensor, sample_rate: int, rate: int, channel=None) -> torch.Tensor:
+    """`wave` (B, S) resampled to `rate` (band-limited to rate / 2), through `channel(x, rate)`
+    when given, and back to `sample_rate`, cut or padded to S samples."""
     length = wave.shape[-1]
-    rate = min(sample_rate, TELEPHONE_RATE)
+    rate = min(sample_rate, rate)
     narrow = _resample(wave, sample_rate, rate) if rate != sample_rate else wave.cpu()
-    narrow = mu_law(band_pass(narrow.float(), rate))
+    if channel is not None:
+        narrow = channel(narrow.float(), rate)
     out = _resample(narrow, rate, sample_rate) if rate != sample_rate else narrow
     out = torch.nn.functional.pad(out[:, :length], (0, max(0, length - out.shape[-1])))
     return out.to(wave)
+
+
+def telephone(wave: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """`wave` (B, S) through a landline: resampled to 8 kHz (band-limited to 4 kHz), band-passed
+    to 300-3400 Hz, 8-bit μ-law, then resampled back to `sample_rate`. Deterministic."""
+    return _at_rate(wave, sample_rate, TELEPHONE_RATE, lambda x, r: mu_law(band_pass(x, r)))
+
+
+def narrowband(wave: torch.Tensor, sample_rate: int) -> torch.Tensor:
+    """`wave` (B, S) as recorded at 8 kHz: nothing above 4 kHz, the low frequencies (the
+    fundamental) kept, unlike `telephone`. IVR prompts and many older recordings sound so.
+    Deterministic."""
+    return _at_rate(wave, sample_rate, TELEPHONE_RATE)
 
 
 def codec_round_trip(
@@ -231,7 +246,8 @@ def augment(
 ) -> torch.Tensor:
     """A batch of training clips (B, S) as real recordings might sound: each effect of `cfg`
     applied to each clip with its probability, in a recording's order — room (reverb, noise),
-    capture (gain and clipping), channel (telephone, codec) — and clipped to [-1, 1].
+    capture (gain and clipping), channel (8 kHz recording, telephone, codec) — and clipped to
+    [-1, 1].
 
     Every random draw comes from `generator` (a CPU generator), so a seed gives the same output
     bit for bit, and a resumed run draws what an uninterrupted one would. The output has the
@@ -259,6 +275,10 @@ def augment(
     index = _chosen(cfg.gain_p, batch, generator).to(device)
     if len(index):
         wave[index] = apply_gain(wave[index], _uniform(cfg.gain_db, len(index), generator))
+
+    index = _chosen(cfg.narrowband_p, batch, generator).to(device)
+    if len(index):
+        wave[index] = narrowband(wave[index], sample_rate)
 
     index = _chosen(cfg.telephone_p, batch, generator).to(device)
     if len(index):
