@@ -34,7 +34,7 @@ def training_data(root: str | Path) -> dict[str, Any]:
     return {"path": str(root.resolve()), "name": name, "synthetic": synthetic}
 
 
-FORMAT_VERSION = 1  # bump when the generator changes what a seed produces
+FORMAT_VERSION = 2  # bump when the generator changes what a seed produces (2: real-like voices)
 
 
 def _audio_path(speaker: Speaker, clip: int) -> str:
@@ -82,7 +82,11 @@ def _claim_folder(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
     if path.is_file():
         before = json.loads(path.read_text())
         if before != settings and not overwrite:
-            changed = ", ".join(k for k in settings if before.get(k) != settings[k])
+            changed = ", ".join(
+                f"{k} {before.get(k)} → {settings[k]}"
+                for k in settings
+                if before.get(k) != settings[k]
+            )
             raise InputError(
                 out,
                 f"holds a SynthVox set made with other settings ({changed}); "
