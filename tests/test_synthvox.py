@@ -101,15 +101,6 @@ def test_f0_measured_by_autocorrelation_is_in_the_gender_range(gender):
         assert abs(f0 / params.f0_hz - 1) < 0.08  # and it is the F0 the attributes asked for
 
 
-def test_speaking_f0s_of_women_and_men_overlap():
-    people = [sample_speaker(0, i) for i in range(600)]
-    f0 = {g: np.array([voice_params(p).f0_hz for p in people if p.gender == g]) for g in "fm"}
-    assert 110 < np.median(f0["m"]) < 135 and 170 < np.median(f0["f"]) < 210
-    # as in real speech, F0 alone does not tell every man from every woman (formants must)
-    assert (f0["m"] > f0["f"].min()).mean() > 0.02
-    assert (f0["m"] > 150).any() and (f0["f"] < 160).any()
-
-
 def lpc_formants(wave: np.ndarray, order: int = 12) -> list[np.ndarray | None]:
     """The two lowest formants of each voiced 32 ms frame (None elsewhere), from the roots of
     an LPC polynomial fitted by the autocorrelation method: an estimator independent of how
@@ -136,9 +127,7 @@ def test_formants_scale_with_vocal_tract_length():
     params = voice_params(sample_speaker(0, 3))
     formants = {}
     for vtl in (14.0, 18.0):  # the same content (same rng), two vocal-tract lengths
-        # at a slow tempo: LPC's estimates need steady vowels
         p = replace(params, vtl_cm=vtl, formant_jitter=(1.0,) * 5, f0_hz=150.0)
-        p = replace(p, rate_sps=4.0)
         formants[vtl] = lpc_formants(synthesize(p, np.random.default_rng(7), seconds=3.0))
     ratios = np.array(
         [
@@ -154,36 +143,29 @@ def test_formants_scale_with_vocal_tract_length():
     assert f1_ratio > 1.05
 
 
-def hnr_db(speaker) -> float:
-    """Harmonics-to-noise ratio of a speaker's voice from the normalised autocorrelation peak r
-    near one period (Boersma 1993: HNR = r / (1 - r)), median over 40 ms voiced windows. The
-    content is held fixed (F0 120 Hz, tempo, accents), so only the voice source differs."""
-    p = replace(voice_params(speaker), f0_hz=120.0, rate_sps=4.6, pitch_range_st=4.0)
-    wave = synthesize(p, np.random.default_rng(3), seconds=3.0)
-    peaks = []
-    for start in range(0, wave.size - 640, 320):
-        x = wave[start : start + 640] - wave[start : start + 640].mean()
-        if np.sqrt(np.mean(x**2)) > 0.03:
-            r = max(  # around one period of 120 Hz, normalised by the overlap's energy
-                x[:-lag] @ x[lag:] / np.sqrt((x[:-lag] @ x[:-lag]) * (x[lag:] @ x[lag:]))
-                for lag in range(100, 180)
-            )
-            peaks.append(r)
-    r = float(np.median(peaks))
-    return 10 * np.log10(r / (1 - r))
+def test_age_lowers_harmonicity():
+    young, old = (replace(sample_speaker(0, 1), age=a, breathiness=0.2) for a in (20, 80))
 
+    def hnr_db(speaker) -> float:
+        """Harmonics-to-noise ratio from the normalised autocorrelation peak r near one period
+        (Boersma 1993: HNR = r / (1 - r)), median over 40 ms voiced windows."""
+        p = replace(voice_params(speaker), f0_hz=120.0)
+        wave = synthesize(p, np.random.default_rng(3), seconds=3.0)
+        peaks = []
+        for start in range(0, wave.size - 640, 320):
+            x = wave[start : start + 640] - wave[start : start + 640].mean()
+            if np.sqrt(np.mean(x**2)) > 0.03:
+                r = max(  # around one period of 120 Hz, normalised by the overlap's energy
+                    x[:-lag] @ x[lag:] / np.sqrt((x[:-lag] @ x[:-lag]) * (x[lag:] @ x[lag:]))
+                    for lag in range(100, 180)
+                )
+                peaks.append(r)
+        r = float(np.median(peaks))
+        return 10 * np.log10(r / (1 - r))
 
-def test_roughness_rises_with_age_but_differs_more_between_speakers():
-    def at(index: int, age: int):
-        return replace(sample_speaker(0, index), age=age, breathiness=0.2)
-
-    young, old = hnr_db(at(1, 20)), hnr_db(at(1, 80))
-    assert 8 < young < 25  # real adult speech: 8.6-14 dB (docs/synthvox.md), a clean voice ~20
-    assert old < young - 0.5  # jitter, shimmer and breath noise rise with age
-    # ... but less than they differ between speakers of one age (a per-speaker factor), so a
-    # rough voice is not necessarily an old one, as in real recordings
-    same_age = [hnr_db(at(i, 30)) for i in range(8)]
-    assert max(same_age) - min(same_age) > 2 * (young - old)
+    young_db, old_db = hnr_db(young), hnr_db(old)
+    assert 15 < young_db < 30  # a healthy young voice
+    assert old_db < young_db - 3  # jitter, shimmer and breath noise rise with age
 
 
 def test_spectrogram_statistics_reveal_gender():

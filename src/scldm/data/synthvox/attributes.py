@@ -83,10 +83,8 @@ class Speaker:
     breathiness: float  # 0..1, aspiration noise and open glottis; rises further with age
     nasality: float  # 0..1, velopharyngeal coupling on vowels
     speaking_rate: float  # tempo habit, × the average rate (slows further with age)
-    # the speaker's F0 beyond what gender, age and size predict, and the height of stressed-
-    # syllable pitch accents; the voice (format 2) applies each as twice this many semitones
-    pitch_offset: float
-    pitch_range: float
+    pitch_offset: float  # semitones, the speaker's F0 beyond what gender, age and size predict
+    pitch_range: float  # semitones, height of stressed-syllable pitch accents
     # face-only
     skin_tone: str
     hair_colour: str

@@ -34,7 +34,7 @@ def training_data(root: str | Path) -> dict[str, Any]:
     return {"path": str(root.resolve()), "name": name, "synthetic": synthetic}
 
 
-FORMAT_VERSION = 2  # bump when the generator changes what a seed produces (2: real-like voices)
+FORMAT_VERSION = 1  # bump when the generator changes what a seed produces
 
 
 def _audio_path(speaker: Speaker, clip: int) -> str:

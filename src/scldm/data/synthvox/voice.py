@@ -26,9 +26,7 @@ from scldm.data.synthvox.phones import NOISE_SHAPES, Utterance, plan_utterance
 SAMPLE_RATE = 16_000
 CLIP_SECONDS = 6.0
 REFERENCE_VTL_CM = 17.5  # the phone table's formants are those of a 17.5 cm vocal tract
-# Hz, where speaking F0s fall; the ranges overlap, as real ones do (men up to ~165 Hz), so that
-# F0 alone does not give the gender away: formants (vocal-tract length) must
-F0_RANGE = {"f": (150.0, 260.0), "m": (80.0, 200.0)}
+F0_RANGE = {"f": (165.0, 255.0), "m": (85.0, 155.0)}  # Hz, where speaking F0s fall
 HOP, WIN, NFFT = 128, 256, 512  # 8 ms hop, 16 ms Hann frames, zero-padded so filtering is linear
 BANDWIDTHS = np.array([80.0, 90.0, 130.0, 180.0, 250.0])  # Hz, F1..F5 (Klatt-like)
 
@@ -47,7 +45,6 @@ class VoiceParams:
     nasality: float  # 0..1 nasal coupling on vowels
     rate_sps: float  # syllables per second
     pitch_range_st: float  # height of pitch accents, semitones
-    aspiration: float  # breath noise relative to the glottal pulses
 
 
 def _soft_range(f0: float, lo: float, hi: float) -> float:
@@ -63,39 +60,27 @@ def voice_params(speaker: Speaker) -> VoiceParams:
     F0 falls with body size and, with age, falls in women and dips then rises in men;
     vocal-tract length follows gender and size and grows slightly with age; jitter, shimmer,
     breathiness and tremor rise with age; speech slows with age.
-
-    Roughness (jitter, shimmer, aspiration) also varies from speaker to speaker by a factor
-    drawn once per speaker (log-normal, about ×0.7 to ×1.4), which is no attribute: as in real
-    voices, a rough voice is not necessarily an old one. The young baseline is rougher and the
-    age slope gentler than a healthy-voice textbook's, to fall where real recordings do
-    (docs/synthvox.md, "How SynthVox's voices differ from real speech").
     """
     s = speaker
     u = (s.age - 18) / 62  # 0 at 18, 1 at 80
     if s.gender == "f":
-        base, age_st, vtl = 215.0, -4.0 * u, 14.7
+        base, age_st, vtl = 210.0, -4.0 * u, 14.7
     else:
-        base, vtl = 125.0, 17.3
+        base, vtl = 118.0, 17.3
         age_st = -1.5 * min(s.age - 18, 32) / 32 + 2.5 * max(s.age - 50, 0) / 30
-    # the speaker's own offset counts double: real speaking F0s spread ~2.5 semitones (SD)
-    # within a gender beyond what size explains
-    f0 = base * 2 ** ((-1.0 * s.size + age_st + 2.0 * s.pitch_offset) / 12)
+    f0 = base * 2 ** ((-1.0 * s.size + age_st + s.pitch_offset) / 12)
     rng = s.rng(1)
-    formant_jitter = tuple(float(x) for x in 1 + 0.025 * rng.standard_normal(5))
-    rough = float(np.exp(0.35 * np.clip(rng.standard_normal(), -2.5, 2.5)))
-    breathiness = float(np.clip(0.6 * s.breathiness + 0.3 * u, 0, 1))
     return VoiceParams(
         f0_hz=_soft_range(f0, *F0_RANGE[s.gender]),
         vtl_cm=vtl + 0.6 * s.size + 0.5 * u,
-        formant_jitter=formant_jitter,
-        breathiness=breathiness,
-        jitter=(0.008 + 0.007 * u) * rough,
-        shimmer=(0.06 + 0.045 * u) * rough,
+        formant_jitter=tuple(float(x) for x in 1 + 0.025 * rng.standard_normal(5)),
+        breathiness=float(np.clip(0.5 * s.breathiness + 0.5 * u, 0, 1)),
+        jitter=0.004 + 0.014 * u,
+        shimmer=0.03 + 0.08 * u,
         tremor=0.03 * float(np.clip((s.age - 55) / 25, 0, 1)),
         nasality=s.nasality,
-        rate_sps=5.3 * s.speaking_rate * (1 - 0.2 * u),
-        pitch_range_st=2.0 * s.pitch_range * (1 - 0.25 * u),
-        aspiration=(0.06 + 0.45 * breathiness**1.5) * rough,
+        rate_sps=4.6 * s.speaking_rate * (1 - 0.35 * u),
+        pitch_range_st=s.pitch_range * (1 - 0.25 * u),
     )
 
 
@@ -285,10 +270,8 @@ def synthesize(
     turbulence, frication, room = white[:n], white[4001 : 4001 + n], white[8002 : 8002 + n]
 
     voice, aspiration, noise = (_upsample(x, n) for x in (utt.voice, utt.aspiration, utt.noise))
-    glottal = (
-        voice * (pulses + params.aspiration * (0.3 + flow) * turbulence)
-        + 0.5 * aspiration * turbulence
-    )
+    breath = 0.04 + 0.45 * params.breathiness**1.5  # aspiration relative to the pulses
+    glottal = voice * (pulses + breath * (0.3 + flow) * turbulence) + 0.5 * aspiration * turbulence
     # filter only frames whose window holds some source (pauses and closures are silent)
     spectrum = np.zeros((frames, NFFT // 2 + 1), np.complex64)
     sounding = np.flatnonzero(np.convolve(utt.voice + utt.aspiration, np.ones(3), "same") > 0)
