@@ -59,7 +59,7 @@ lint: install
 
 # The main job end to end on SynthVox: data, its oracle, stage 1, the face prior, stage 2 and
 # faces for held-out voices. Steps are cut to fit a laptop; the full settings are the presets'.
-# Stage 2 first refines the face decoder (small's 600 steps, ~2 min): on the demo's validation
+# Stage 2 first refines the face decoder (small's 600 steps, ~3 min): on the demo's validation
 # voices its faces are harder to tell from true ones and read gender better
 # (docs/notes/2026-12-01-decoder-luma-and-the-demo.md).
 DEMO ?= runs/demo

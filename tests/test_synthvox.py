@@ -301,7 +301,8 @@ def test_prepare_refuses_a_folder_made_with_other_settings(tmp_path):
     prepare_synthvox(
         tmp_path / "y", speakers=3, clips_per_speaker=1, faces_per_speaker=1, image_size=32
     )
-    with pytest.raises(InputError, match="other settings"):  # never mix two datasets
+    # never mix two datasets; the error says what changed
+    with pytest.raises(InputError, match=r"other settings \(seed 0 → 1\)"):
         prepare_synthvox(
             tmp_path / "y",
             speakers=3,

@@ -56,10 +56,20 @@ class AugmentConfig:
     seconds and a direct-to-reverberant ratio in dB, the output at the input's level.
     narrowband: resampled to 8 kHz and back, as a recording made at 8 kHz (IVR prompts, many
     older recordings): nothing above 4 kHz, the fundamental kept. telephone: 8 kHz, 300-3400 Hz,
-    8-bit μ-law (G.711). codec: a round trip through one of
-    `codecs` at a libsndfile `compression_level` (0 best, 1 smallest; at 16 kHz 0.5-0.99 is
-    about 15-30 kb/s). gain: a level change in dB, clipped to [-1, 1] (loud recordings clip).
+    8-bit μ-law (G.711). codec: a round trip through one of `codecs` at a libsndfile
+    `compression_level` (0 best, 1 smallest; at 16 kHz 0.5-0.99 is about 15-30 kb/s). gain: a
+    level change in dB, clipped to [-1, 1] (loud recordings clip).
     """
+
+    # the effects' probabilities, in the chain's order
+    PROBABILITIES: typing.ClassVar[tuple[str, ...]] = (
+        "reverb_p",
+        "noise_p",
+        "gain_p",
+        "narrowband_p",
+        "telephone_p",
+        "codec_p",
+    )
 
     noise_p: float = 0.0
     snr_db: tuple[float, float] = (0.0, 30.0)
@@ -81,7 +91,7 @@ class AugmentConfig:
     gain_db: tuple[float, float] = (-25.0, 10.0)
 
     def __post_init__(self) -> None:
-        for name in ("noise_p", "reverb_p", "narrowband_p", "telephone_p", "codec_p", "gain_p"):
+        for name in self.PROBABILITIES:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise InputError(None, f"augment.{name}: expected a probability in [0, 1]")
         for name in ("snr_db", "rt60", "drr_db", "compression_level", "gain_db"):
@@ -96,8 +106,7 @@ class AugmentConfig:
 
     @property
     def enabled(self) -> bool:
-        probabilities = (self.noise_p, self.reverb_p, self.narrowband_p, self.telephone_p)
-        return max(*probabilities, self.codec_p, self.gain_p) > 0
+        return any(getattr(self, name) > 0 for name in self.PROBABILITIES)
 
 
 @dataclass(frozen=True)

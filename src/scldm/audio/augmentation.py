@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 
 import numpy as np
 import soundfile as sf
@@ -189,7 +190,12 @@ def _resample(wave: torch.Tensor, rate: int, new_rate: int) -> torch.Tensor:
     return torch.from_numpy(soxr.resample(x, rate, new_rate).T.copy())
 
 
-def _at_rate(wave: torch.Tensor, sample_rate: int, rate: int, channel=None) -> torch.Tensor:
+def _at_rate(
+    wave: torch.Tensor,
+    sample_rate: int,
+    rate: int,
+    channel: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """`wave` (B, S) resampled to `rate` (band-limited to rate / 2), through `channel(x, rate)`
     when given, and back to `sample_rate`, cut or padded to S samples."""
     length = wave.shape[-1]
