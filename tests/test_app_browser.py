@@ -46,11 +46,30 @@ def _browser(playwright, *extra: str):
     return playwright.chromium.launch(executable_path=CHROMIUM, args=[*FLAGS, *extra])
 
 
-def _faces(page, n: int) -> None:
-    """Wait for n face images in the first gallery (the previous request's are replaced)."""
-    page.wait_for_function(
-        f"document.querySelectorAll('#faces-0 img').length === {n}", timeout=120_000
-    )
+def _faces(page, log: Path, n: int) -> None:
+    """Wait for n face images in the first gallery (the previous request's are replaced); an
+    error in the page or a timeout fails at once with what the page and the server said."""
+    found = f"document.querySelectorAll('#faces-0 img').length === {n}"
+    shown = "document.querySelector('.toast-body') !== null"
+    try:
+        page.wait_for_function(f"({found}) || ({shown})", timeout=120_000)
+    except Exception as e:  # playwright's TimeoutError: say what was there instead
+        seen = page.evaluate("document.querySelectorAll('#faces-0 img').length")
+        pytest.fail(
+            f"{n} faces did not appear ({seen} shown; {e}); server log:\n{log.read_text()[-2000:]}"
+        )
+    if page.evaluate(f"!({found})"):
+        toasts = page.locator(".toast-body").all_inner_texts()
+        pytest.fail(
+            f"an error instead of {n} faces: {toasts}; server log:\n{log.read_text()[-2000:]}"
+        )
+
+
+def _speech_uploaded(page) -> None:
+    """Wait until the speech box holds a file on the server (its download link): the Clear
+    button shows while a recording is still being encoded and uploaded."""
+    page.wait_for_selector("#speech [aria-label='Clear']")
+    page.wait_for_selector("#speech a[data-testid='download-link'][href*='file=']")
 
 
 def test_upload_a_bad_file_then_a_recording_then_speak_into_the_microphone(
@@ -60,7 +79,7 @@ def test_upload_a_bad_file_then_a_recording_then_speak_into_the_microphone(
 ):
     from playwright.sync_api import sync_playwright
 
-    url, _ = server
+    url, log = server
     requested: list[str] = []
     voice = voices["voice.wav"]
     with sync_playwright() as p:
@@ -89,11 +108,12 @@ def test_upload_a_bad_file_then_a_recording_then_speak_into_the_microphone(
 
         # a recording: faces appear, with what the models heard
         page.click("[data-testid='toast-close']")  # dismissed
+        error.wait_for(state="detached")
         page.click("#speech [aria-label='Clear']")
         upload.set_input_files(str(voice))
-        page.wait_for_selector("#speech [aria-label='Clear']")
+        _speech_uploaded(page)
         page.click("#generate")
-        _faces(page, 4)
+        _faces(page, log, 4)
         page.wait_for_selector("#notice :text('Made in')")
         page.wait_for_function(  # every picture drawn (the faces, the spectrogram)
             "[...document.querySelectorAll('img')].every(i => i.complete && i.naturalWidth > 0)"
@@ -111,11 +131,14 @@ def test_upload_a_bad_file_then_a_recording_then_speak_into_the_microphone(
         page.locator("#speech button", has_text="Record").first.click()
         page.wait_for_timeout(3000)
         page.locator("#speech button:visible", has_text="Stop").first.click()
-        page.wait_for_selector("#speech [aria-label='Clear']")
-        page.fill("#faces input[type=number]", "2")
-        page.keyboard.press("Enter")
+        _speech_uploaded(page)
+        faces = page.locator("#faces input[type=number]")
+        faces.fill("2")
+        faces.press("Enter")
+        faces.blur()
+        assert faces.input_value() == "2"
         page.click("#generate")
-        _faces(page, 2)
+        _faces(page, log, 2)
         browser.close()
     hosts = {urlparse(u).netloc for u in requested if urlparse(u).scheme in ("http", "https")}
     assert hosts == {urlparse(url).netloc}, hosts  # no CDN, fonts or analytics from elsewhere
