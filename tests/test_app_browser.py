@@ -49,11 +49,13 @@ def _browser(playwright, *extra: str):
 def _faces(page, log: Path, n: int) -> None:
     """Wait for n face images in the first gallery (the previous request's are replaced); an
     error in the page or a timeout fails at once with what the page and the server said."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     found = f"document.querySelectorAll('#faces-0 img').length === {n}"
     shown = "document.querySelector('.toast-body') !== null"
     try:
         page.wait_for_function(f"({found}) || ({shown})", timeout=120_000)
-    except Exception as e:  # playwright's TimeoutError: say what was there instead
+    except PlaywrightTimeout as e:  # say what was there instead
         seen = page.evaluate("document.querySelectorAll('#faces-0 img').length")
         pytest.fail(
             f"{n} faces did not appear ({seen} shown; {e}); server log:\n{log.read_text()[-2000:]}"
