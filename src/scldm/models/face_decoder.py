@@ -19,13 +19,21 @@ from scldm.models.blocks import POOL, ConvNormAct, init_module, split_vgg_blocks
 
 FACE_DECODER_PRESETS: dict[str, dict] = {
     # the first three blocks of the matching FACE_ENCODER_PRESETS entry, mirrored
-    "tiny": {"widths": (4, 4, POOL, 8, 8, POOL), "res_blocks": 1, "image_size": 32},
+    "tiny": {
+        "widths": (4, 4, POOL, 8, 8, POOL),
+        "res_blocks": 1,
+        "image_size": 32,
+        "position_bias": True,
+    },
     # twice the small encoder's widths, with BatchNorm: at the encoder's own widths the
-    # reconstructions lost the detail the oracle reads age from (docs/notes/ has the comparison)
+    # reconstructions lost the detail the oracle reads age from (docs/notes/ has the comparison);
+    # the position bias draws the eyes and mouth that aligned faces share
+    # (docs/notes/2026-12-01-decoder-position-bias.md)
     "small": {
         "widths": (16, 16, POOL, 32, 32, POOL, 64, 64, 64, POOL),
         "batch_norm": True,
         "image_size": 64,
+        "position_bias": True,
     },
     # the small_h4 encoder's blocks 1–2 (latent 4 × 16 × 16) mirrored at three times their
     # widths, about small's cost per face (docs/notes/2026-11-30-face-autoencoder.md)
@@ -65,6 +73,13 @@ class FaceDecoder(ModelMixin, ConfigMixin):
     GN → SiLU of the features (LDM's decoder). Nearest upsampling + conv rather than transposed
     convs, which leave checkerboard artefacts (Odena et al. 2016).
 
+    With `position_bias` a learned image (3, H, W), zero at the start, is added before the tanh.
+    Faces are aligned, so their eyes and mouth sit at nearly the same pixels in every image, but
+    a convolutional decoder is equivariant to shifts: from a coarse latent it cannot place
+    small features at fixed pixels, and with an L1 loss it leaves them out. The bias holds what
+    the faces share at each pixel; the network draws how each face differs from it. Faces of
+    another size get the bias resized (bilinear).
+
     `widths` is the encoder's blocks up to the latent in VGG cfg notation, so presets read the
     same on both sides. `scaling_factor` is the diffusers latent scale, written by stage 2
     (`scldm.diffusion.prior`): callers decode `latents / scaling_factor`; forward() takes
@@ -81,6 +96,7 @@ class FaceDecoder(ModelMixin, ConfigMixin):
         res_blocks: int = 0,
         norm_groups: int = 8,
         image_size: int = 224,
+        position_bias: bool = False,
         scaling_factor: float = 1.0,
     ) -> None:
         super().__init__()
@@ -100,6 +116,9 @@ class FaceDecoder(ModelMixin, ConfigMixin):
             layers += [nn.GroupNorm(min(norm_groups, width), width), nn.SiLU()]
         self.up_blocks = nn.Sequential(*layers)
         self.conv_out = nn.Conv2d(width, 3, 3, padding=1)
+        self.bias_image = (
+            nn.Parameter(torch.zeros(3, image_size, image_size)) if position_bias else None
+        )
         self.apply(self._init_weights)
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -111,7 +130,13 @@ class FaceDecoder(ModelMixin, ConfigMixin):
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         """latents: (B, C, h, w), unscaled → faces (B, 3, 2^k·h, 2^k·w) in [-1, 1]."""
-        return torch.tanh(self.conv_out(self.up_blocks(self.conv_in(latents))))
+        out = self.conv_out(self.up_blocks(self.conv_in(latents)))
+        if self.bias_image is not None:
+            bias = self.bias_image
+            if out.shape[-2:] != bias.shape[-2:]:  # faces of another size: the same layout
+                bias = F.interpolate(bias[None], size=out.shape[-2:], mode="bilinear")[0]
+            out = out + bias
+        return torch.tanh(out)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Alias of forward (the codec interface shared with diffusers' autoencoders)."""
