@@ -144,10 +144,13 @@ def test_a_config_extends_another_and_updates_its_keys(tmp_path):
         load_config(Stage, tmp_path / "c.yaml")
 
 
-def test_the_real_voices_preset_is_small_with_augmentation():
+def test_the_real_voices_preset_is_small_with_augmentation_and_a_plain_decoder():
     from scldm.config import EncoderStageConfig
 
     small = load_config(EncoderStageConfig, "small", stage="pretrain")
     real = load_config(EncoderStageConfig, "small-real", stage="pretrain")
     assert not small.augment.enabled and real.augment.enabled
-    assert dataclasses.replace(real, augment=small.augment) == small
+    # an `extends` override merges into the parent's mapping: the preset name stays
+    assert real.face_decoder == {**small.face_decoder, "position_bias": False}
+    same = dataclasses.replace(real, augment=small.augment, face_decoder=small.face_decoder)
+    assert same == small
