@@ -296,7 +296,7 @@ def test_position_bias_is_saved_and_resized_for_faces_of_another_size(tmp_path):
 def test_position_bias_learns_what_every_face_shares_at_fixed_pixels():
     """Targets share a pattern of single dark pixels at fixed places (eyes, a mouth) whatever
     the latent: with the bias the decoder learns it within 150 steps; a convolutional decoder
-    without it, equivariant to shifts, cannot place it from its latent."""
+    without it, equivariant to shifts but for its borders, does not."""
     g = torch.Generator().manual_seed(0)
     target = torch.full((3, 32, 32), 0.5)
     for y, x in ((12, 10), (12, 21), (22, 15), (22, 16)):
