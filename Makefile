@@ -71,7 +71,7 @@ demo: install
 	  --set train.save_every=400 --resume latest
 	$(VENV)/bin/scldm prior --encoders $(DEMO)/encoders --data $(DEMO)/data
 	$(VENV)/bin/scldm train --encoders $(DEMO)/encoders --data $(DEMO)/data --out $(DEMO)/ldm \
-	  --config small --set train.max_steps=600 --set train.eval_every=300 \
+	  --config small-real --set train.max_steps=600 --set train.eval_every=300 \
 	  --resume latest
 	$(VENV)/bin/scldm generate --data $(DEMO)/data --split test --speakers 4 \
 	  --model $(DEMO)/ldm/pipeline -o $(DEMO)/faces --num-images 4

@@ -144,13 +144,37 @@ def test_a_config_extends_another_and_updates_its_keys(tmp_path):
         load_config(Stage, tmp_path / "c.yaml")
 
 
-def test_the_real_voices_preset_is_small_with_augmentation_and_a_plain_decoder():
-    from scldm.config import EncoderStageConfig
+def test_the_real_voices_preset_is_small_with_augmentation_and_the_h8_latent():
+    from scldm.config import DiffusionStageConfig, EncoderStageConfig
 
     small = load_config(EncoderStageConfig, "small", stage="pretrain")
     real = load_config(EncoderStageConfig, "small-real", stage="pretrain")
     assert not small.augment.enabled and real.augment.enabled
-    # an `extends` override merges into the parent's mapping: the preset name stays
-    assert real.face_decoder == {**small.face_decoder, "position_bias": False}
-    same = dataclasses.replace(real, augment=small.augment, face_decoder=small.face_decoder)
+    # small's latent is 4 × 16 × 16; the demo keeps the 4 × 8 × 8 one, without the position bias
+    assert small.face_encoder == {"preset": "small_h4"}
+    assert small.face_decoder == {"preset": "small_h4"}
+    assert real.face_encoder == {"preset": "small"}
+    assert real.face_decoder == {"preset": "small", "position_bias": False}
+    same = dataclasses.replace(
+        real,
+        augment=small.augment,
+        face_encoder=small.face_encoder,
+        face_decoder=small.face_decoder,
+    )
     assert same == small
+    # stage 2: the demo's UNet is sized for 8 × 8 latents, with their steps and sampling
+    small2 = load_config(DiffusionStageConfig, "small", stage="train")
+    real2 = load_config(DiffusionStageConfig, "small-real", stage="train")
+    assert (small2.unet, small2.train.max_steps) == ({"preset": "small_h4"}, 4500)
+    assert (real2.unet, real2.train.max_steps) == ({"preset": "small"}, 1500)
+    assert (small2.lambda_train, small2.sampling.prior_scale) == (1.0, 1.0)
+    assert (real2.lambda_train, real2.sampling.prior_scale) == (0.1, 0.01)
+    assert (small2.sampling.temperature, real2.sampling.temperature) == (1.0, 0.8)
+    same2 = dataclasses.replace(
+        real2,
+        unet=small2.unet,
+        train=small2.train,
+        sampling=small2.sampling,
+        lambda_train=small2.lambda_train,
+    )
+    assert same2 == small2

@@ -36,11 +36,13 @@ FACE_DECODER_PRESETS: dict[str, dict] = {
         "position_bias": True,
     },
     # the small_h4 encoder's blocks 1–2 (latent 4 × 16 × 16) mirrored at three times their
-    # widths, about small's cost per face (docs/notes/2026-11-30-face-autoencoder.md)
+    # widths, about small's cost per face (docs/notes/2026-11-30-face-autoencoder.md); the
+    # `small` config's decoder since 2026-12-01 (docs/notes/2026-12-01-h4-latent-small.md)
     "small_h4": {
         "widths": (24, 24, POOL, 48, 48, POOL),
         "batch_norm": True,
         "image_size": 64,
+        "position_bias": True,
     },
     "base": {},
 }

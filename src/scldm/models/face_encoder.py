@@ -63,8 +63,9 @@ FACE_ENCODER_PRESETS: dict[str, dict] = {
     # VGGFace: loads vgg_face_dag.pth entirely except fc8 (the constructor defaults)
     "base": {},
 }
-# `small` with the latent after block 2 (4 × 16 × 16): sharper reconstructions, but stage 2 did
-# not learn its latents in small's budget (docs/notes/2026-11-30-face-autoencoder.md)
+# `small` with the latent after block 2 (4 × 16 × 16): sharper reconstructions, which stage 2
+# learns with 3× small's steps at temperature 1; the `small` config's face encoder since
+# 2026-12-01 (docs/notes/2026-12-01-h4-latent-small.md)
 FACE_ENCODER_PRESETS["small_h4"] = {**FACE_ENCODER_PRESETS["small"], "latent_after_block": 2}
 
 
