@@ -72,7 +72,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--config",
         default="small",
-        help="preset name (tiny, small, base) or a YAML file (default: %(default)s)",
+        help="preset name (tiny, small, small-real: what `make demo` trains, base) or a YAML "
+        "file (default: %(default)s)",
     )
     g.add_argument(
         "--set",
