@@ -64,8 +64,8 @@ FACE_ENCODER_PRESETS: dict[str, dict] = {
     "base": {},
 }
 # `small` with the latent after block 2 (4 × 16 × 16): sharper reconstructions, which stage 2
-# learns with 3× small's steps at temperature 1; the `small` config's face encoder since
-# 2026-12-01 (docs/notes/2026-12-01-h4-latent-small.md)
+# learns with three times the steps at λ = 1 and temperature 1; the `small` config's face
+# encoder since 2026-12-01 (docs/notes/2026-12-01-h4-latent-small.md)
 FACE_ENCODER_PRESETS["small_h4"] = {**FACE_ENCODER_PRESETS["small"], "latent_after_block": 2}
 
 
