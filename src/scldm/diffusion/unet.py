@@ -62,8 +62,8 @@ UNET_PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 # `small` for the small_h4 face presets' latents 4 × 16 × 16: a ResNet level at 16 × 16 before
-# small's attention levels at 8 × 8 and 4 × 4; 1.7M parameters, about 2.2× small's time a step
-# (docs/notes/2026-11-30-face-autoencoder.md); the `small` config's UNet since 2026-12-01
+# small's attention levels at 8 × 8 and 4 × 4; 1.7M parameters (its speed:
+# benchmarks/results/stage2_train_cpu.md); the `small` config's UNet since 2026-12-01
 UNET_PRESETS["small_h4"] = {
     **UNET_PRESETS["small"],
     "sample_size": 16,
