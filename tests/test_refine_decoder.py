@@ -56,6 +56,31 @@ def test_refine_learns_and_is_deterministic(setup):
         assert torch.equal(v, before[k]), k
 
 
+def test_refine_with_squared_error_learns_it_and_is_keyed_apart(setup):
+    """`loss: mse` lowers the squared error, trains a different decoder from L1's, and keys its
+    cache folder apart (L1 keys leave the loss out, so earlier refinements stay reused)."""
+    data, encoders, cache = setup
+    latents, faces = unique_faces(cache, data, encoders.image_size)
+    cfg = DecoderRefineConfig(steps=40, lr=1e-2, batch_size=16, loss="mse")
+    mse = refine(encoders.face_decoder, latents, faces, cfg, progress=False)
+    l1 = refine(encoders.face_decoder, latents, faces, DecoderRefineConfig(steps=40, lr=1e-2,
+                batch_size=16), progress=False)  # fmt: skip
+
+    def squared(decoder):
+        with torch.no_grad():
+            return (decoder(latents) - (faces.float() / 127.5 - 1)).square().mean().item()
+
+    assert squared(mse) < 0.8 * squared(encoders.face_decoder)
+    assert any(not torch.equal(v, l1.state_dict()[k]) for k, v in mse.state_dict().items())
+    plain = DecoderRefineConfig(steps=40, lr=1e-2, batch_size=16)
+    assert refine_key(encoders, cache, cfg) != refine_key(encoders, cache, plain)
+    assert refine_key(encoders, cache, plain) == refine_key(
+        encoders, cache, DecoderRefineConfig(steps=40, lr=1e-2, batch_size=16, loss="l1")
+    )
+    with pytest.raises(InputError, match="loss l1\\|mse"):
+        refined_decoder(encoders, cache, DecoderRefineConfig(steps=3, loss="l2"), data)
+
+
 def test_refine_against_a_patchgan_is_deterministic_and_keyed_apart(setup, monkeypatch):
     """With `adversarial`, the discriminator trains from its start step and adds its terms to
     the decoder's loss: the result differs from plain L1, is bitwise the same on a rerun, and

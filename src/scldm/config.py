@@ -205,14 +205,17 @@ class AdversarialConfig:
 @dataclass(frozen=True)
 class DecoderRefineConfig:
     """Stage 2's refinement of the stage-1 face decoder on the frozen encoder's latents of the
-    training faces (L1, AdamW, warmup then cosine to 0), before the UNet trains. 0 steps: the
+    training faces (AdamW, warmup then cosine to 0), before the UNet trains. 0 steps: the
     stage-1 decoder as it is. The encoders, the latents and so the cache and prior are untouched.
-    `adversarial`: a PatchGAN against the refined reconstructions, as in stage 1 (its
-    `start_step` counts refinement steps)."""
+    `loss`: "l1" (the paper's MAE) or "mse", which draws more of the fine detail (glasses, skin
+    tone, beard) from the same latents (docs/notes/2026-12-01-mse-refinement.md). `adversarial`:
+    a PatchGAN against the refined reconstructions, as in stage 1 (its `start_step` counts
+    refinement steps)."""
 
     steps: int = 0
     lr: float = 1e-3
     batch_size: int = 64
+    loss: str = "l1"
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
 
 

@@ -38,6 +38,8 @@ from scldm.training.latents import Encoders, LatentCache, digest_parts
 
 log = logging.getLogger("scldm.train")
 VAL_FACES = 256  # validation faces decoded for refine.json's PSNR, in one batch
+# the refinement's pixel losses (`decoder.loss`), on the error in [-1, 1]
+LOSSES = {"l1": lambda error: error.abs().mean(), "mse": lambda error: error.square().mean()}
 
 
 def unique_faces(cache: LatentCache, root: str | Path, image_size: int):
@@ -65,10 +67,10 @@ def refine(
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> FaceDecoder:
-    """A copy of `decoder` trained `cfg.steps` steps to map `latents` to `faces` (uint8; L1 in
-    [-1, 1], random batches of `cfg.batch_size` drawn from a seeded generator; with
-    `cfg.adversarial`, against a PatchGAN from its `start_step` on, as stage 1 trains it),
-    returned on the CPU in eval mode."""
+    """A copy of `decoder` trained `cfg.steps` steps to map `latents` to `faces` (uint8; L1 or,
+    with `cfg.loss` "mse", the squared error in [-1, 1], random batches of `cfg.batch_size`
+    drawn from a seeded generator; with `cfg.adversarial`, against a PatchGAN from its
+    `start_step` on, as stage 1 trains it), returned on the CPU in eval mode."""
     decoder = copy.deepcopy(decoder).float().to(device).train().requires_grad_(True)
     adversary = None
     if cfg.adversarial.enabled:  # seeded, and leaving the global RNG as it was
@@ -87,10 +89,11 @@ def refine(
         idx = torch.randint(len(latents), (min(cfg.batch_size, len(latents)),), generator=g)
         target = faces[idx].to(device).float() / 127.5 - 1
         reconstruction = decoder(latents[idx].to(device))
-        l1 = (reconstruction - target).abs().mean()
-        loss, adversarial = l1, adversary is not None and adversary.active(step)
+        error = reconstruction - target
+        rec = LOSSES[cfg.loss](error)
+        loss, adversarial = rec, adversary is not None and adversary.active(step)
         if adversarial:
-            extra, _ = adversary.generator_terms(reconstruction, target, l1)
+            extra, _ = adversary.generator_terms(reconstruction, target, rec)
             loss = loss + extra
         factor = lr_at(step, optim, cfg.steps)
         set_lr(opt, factor)
@@ -100,7 +103,7 @@ def refine(
         if adversarial:
             adversary.discriminator_step(target, reconstruction, factor, grad_clip=1.0)
         if step % 25 == 0:
-            bar.set_postfix(l1=f"{l1.item():.4f}")
+            bar.set_postfix({cfg.loss: f"{rec.item():.4f}"})
     return decoder.cpu().eval().requires_grad_(False)
 
 
@@ -111,6 +114,8 @@ def refine_key(encoders: Encoders, cache: LatentCache, cfg: DecoderRefineConfig)
     h.update(f"{cache.path.name}|{cfg.steps}|{cfg.lr}|{cfg.batch_size}".encode())
     if cfg.adversarial.enabled:  # keys without it stay those of earlier versions
         h.update(repr(cfg.adversarial).encode())
+    if cfg.loss != "l1":  # so do L1 ones
+        h.update(f"|{cfg.loss}".encode())
     return h.hexdigest()[:16]
 
 
@@ -126,8 +131,10 @@ def refined_decoder(
     refinement on the training faces, read from the run's cache or made and saved there (with
     refine.json: the settings, the time and the PSNR before and after on up to `VAL_FACES`
     validation faces)."""
-    if cfg.steps < 0 or cfg.batch_size < 1 or cfg.lr <= 0:
-        raise InputError(None, f"decoder: steps ≥ 0, batch_size ≥ 1 and lr > 0 needed, got {cfg}")
+    if cfg.steps < 0 or cfg.batch_size < 1 or cfg.lr <= 0 or cfg.loss not in LOSSES:
+        raise InputError(
+            None, f"decoder: steps ≥ 0, batch_size ≥ 1, lr > 0 and loss l1|mse needed, got {cfg}"
+        )
     if cfg.steps == 0:
         return encoders.face_decoder
     path = encoders.path.parent / "cache" / f"decoder-{refine_key(encoders, cache, cfg)}"
@@ -137,7 +144,8 @@ def refined_decoder(
     latents, faces = unique_faces(cache, root, encoders.image_size)
     tick = time.perf_counter()
     decoder = refine(encoders.face_decoder, latents, faces, cfg, device=device)
-    info = {"steps": cfg.steps, "lr": cfg.lr, "batch_size": cfg.batch_size, "faces": len(faces)}
+    info = {"steps": cfg.steps, "lr": cfg.lr, "batch_size": cfg.batch_size, "loss": cfg.loss}
+    info["faces"] = len(faces)
     if cfg.adversarial.enabled:
         info["adversarial"] = dataclasses.asdict(cfg.adversarial)
     info["seconds"] = round(time.perf_counter() - tick, 1)
