@@ -170,6 +170,8 @@ def test_the_real_voices_preset_is_small_with_augmentation_and_the_h8_latent():
     assert (small2.lambda_train, small2.sampling.prior_scale) == (1.0, 1.0)
     assert (real2.lambda_train, real2.sampling.prior_scale) == (0.1, 0.01)
     assert (small2.sampling.temperature, real2.sampling.temperature) == (1.0, 0.8)
+    # both refine the decoder with the squared error (docs/notes/2026-12-01-mse-refinement.md)
+    assert small2.decoder.loss == real2.decoder.loss == "mse"
     same2 = dataclasses.replace(
         real2,
         unet=small2.unet,
