@@ -204,8 +204,9 @@ TRAIN = Command(
     "stage-1 encoders. Writes RUN/config.yaml, log.txt, scalars.jsonl, curves.png, "
     "samples/ (true face | generated faces for fixed validation voices and seeds), "
     "checkpoints/ and RUN/pipeline/ (a SpeechToFacePipeline for `scldm generate`). With "
-    "decoder.steps > 0 it first refines the stage-1 face decoder on the frozen latents and "
-    "ships that one; the refined decoder is kept in ENCODERS/cache/decoder-KEY/ and reused by "
+    "decoder.steps > 0 it first refines the stage-1 face decoder on the frozen latents "
+    "(decoder.loss: l1, or mse as in small) and ships that one; the refined decoder is kept "
+    "in ENCODERS/cache/decoder-KEY/ and reused by "
     "later runs with the same settings. The presets are the YAML files of scldm/configs/ "
     "(docs/architecture.md, Configuration).",
 )
