@@ -215,7 +215,7 @@ class DecoderRefineConfig:
     steps: int = 0
     lr: float = 1e-3
     batch_size: int = 64
-    loss: str = "l1"
+    loss: Literal["l1", "mse"] = "l1"
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
 
 
