@@ -58,9 +58,10 @@ lint: install
 	$(VENV)/bin/lint-imports
 
 # The main job end to end on SynthVox: data, its oracle, stage 1, the face prior, stage 2 and
-# faces for held-out voices. Steps are cut to fit a laptop; the full settings are the presets'.
-# Stage 2 first refines the face decoder (small's 600 steps, ~3 min): on the demo's validation
-# voices its faces are harder to tell from true ones and read gender better
+# faces for held-out voices. Stage 1's steps are cut to fit a laptop; stage 2 runs small-real's
+# own (2,400 UNet steps, ~4 min; docs/notes/2026-12-01-demo-h4-latent.md). Stage 2 first refines
+# the face decoder (small's 600 steps, ~3 min): on the demo's validation voices its faces are
+# harder to tell from true ones and read gender better
 # (docs/notes/2026-12-01-decoder-luma-and-the-demo.md).
 DEMO ?= runs/demo
 demo: install
@@ -71,8 +72,7 @@ demo: install
 	  --set train.save_every=400 --resume latest
 	$(VENV)/bin/scldm prior --encoders $(DEMO)/encoders --data $(DEMO)/data
 	$(VENV)/bin/scldm train --encoders $(DEMO)/encoders --data $(DEMO)/data --out $(DEMO)/ldm \
-	  --config small-real --set train.max_steps=600 --set train.eval_every=300 \
-	  --resume latest
+	  --config small-real --set train.eval_every=800 --resume latest
 	$(VENV)/bin/scldm generate --data $(DEMO)/data --split test --speakers 4 \
 	  --model $(DEMO)/ldm/pipeline -o $(DEMO)/faces --num-images 4
 	$(VENV)/bin/scldm evaluate --model $(DEMO)/ldm/pipeline --data $(DEMO)/data \

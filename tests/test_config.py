@@ -162,21 +162,21 @@ def test_the_real_voices_preset_is_small_with_augmentation_and_the_h8_latent():
         face_decoder=small.face_decoder,
     )
     assert same == small
-    # stage 2: the demo's UNet is sized for 8 × 8 latents, with their steps and sampling
+    # stage 2: the demo's UNet is sized for 8 × 8 latents, with fewer steps and less guidance
     small2 = load_config(DiffusionStageConfig, "small", stage="train")
     real2 = load_config(DiffusionStageConfig, "small-real", stage="train")
     assert (small2.unet, small2.train.max_steps) == ({"preset": "small_h4"}, 4500)
-    assert (real2.unet, real2.train.max_steps) == ({"preset": "small"}, 1500)
-    assert (small2.lambda_train, small2.sampling.prior_scale) == (1.0, 1.0)
-    assert (real2.lambda_train, real2.sampling.prior_scale) == (0.1, 0.01)
-    assert (small2.sampling.temperature, real2.sampling.temperature) == (1.0, 0.8)
+    assert (real2.unet, real2.train.max_steps) == ({"preset": "small"}, 2400)
+    assert small2.lambda_train == real2.lambda_train == 1.0
+    assert small2.sampling.prior_scale == real2.sampling.prior_scale == 1.0
+    assert small2.sampling.temperature == real2.sampling.temperature == 1.0
+    assert (small2.sampling.guidance_scale, real2.sampling.guidance_scale) == (6.0, 4.0)
     # both refine the decoder with the squared error (docs/notes/2026-12-01-mse-refinement.md)
     assert small2.decoder.loss == real2.decoder.loss == "mse"
     same2 = dataclasses.replace(
         real2,
         unet=small2.unet,
-        train=small2.train,
+        train=dataclasses.replace(real2.train, max_steps=small2.train.max_steps),
         sampling=small2.sampling,
-        lambda_train=small2.lambda_train,
     )
     assert same2 == small2
