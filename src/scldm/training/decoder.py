@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from scldm.config import DecoderRefineConfig, OptimConfig
@@ -38,9 +39,8 @@ from scldm.training.latents import Encoders, LatentCache, digest_parts
 
 log = logging.getLogger("scldm.train")
 VAL_FACES = 256  # validation faces decoded for refine.json's PSNR, in one batch
-# the refinement's pixel losses (`decoder.loss`, whose values the config checks), on the error
-# in [-1, 1]
-LOSSES = {"l1": lambda error: error.abs().mean(), "mse": lambda error: error.square().mean()}
+# the refinement's pixel losses in [-1, 1] (`decoder.loss`, whose values the config checks)
+LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss}
 
 
 def unique_faces(cache: LatentCache, root: str | Path, image_size: int):
@@ -90,8 +90,7 @@ def refine(
         idx = torch.randint(len(latents), (min(cfg.batch_size, len(latents)),), generator=g)
         target = faces[idx].to(device).float() / 127.5 - 1
         reconstruction = decoder(latents[idx].to(device))
-        error = reconstruction - target
-        rec = LOSSES[cfg.loss](error)
+        rec = LOSSES[cfg.loss](reconstruction, target)
         loss, adversarial = rec, adversary is not None and adversary.active(step)
         if adversarial:
             extra, _ = adversary.generator_terms(reconstruction, target, rec)
@@ -143,8 +142,13 @@ def refined_decoder(
     latents, faces = unique_faces(cache, root, encoders.image_size)
     tick = time.perf_counter()
     decoder = refine(encoders.face_decoder, latents, faces, cfg, device=device)
-    info = {"steps": cfg.steps, "lr": cfg.lr, "batch_size": cfg.batch_size}
-    info |= {"loss": cfg.loss, "faces": len(faces)}
+    info = {
+        "steps": cfg.steps,
+        "lr": cfg.lr,
+        "batch_size": cfg.batch_size,
+        "loss": cfg.loss,
+        "faces": len(faces),
+    }
     if cfg.adversarial.enabled:
         info["adversarial"] = dataclasses.asdict(cfg.adversarial)
     info["seconds"] = round(time.perf_counter() - tick, 1)
