@@ -49,16 +49,21 @@ def test_train_then_generate(tiny_stage1, tmp_path, capsys, caplog):
     assert pipe.prior.latent.abs().sum() > 0 and pipe.sampling.prior_scale == 0.01
 
     # a second stage-2 run reuses the latent cache of the first; with decoder.steps it ships a
-    # refined decoder in place of the stage-1 one
+    # refined decoder in place of the stage-1 one; a v-predicting UNet's pipeline samples v
     again = tmp_path / "ldm2"
     argv = ["train", "--encoders", str(enc), "--data", str(data), "--out", str(again)]
     argv += ["--config", "tiny", "--set", "train.max_steps=1", "--set", "decoder.steps=2"]
+    argv += ["--set", "scheduler.prediction_type=v_prediction"]
     assert main(argv) == 0
     log = (again / "log.txt").read_text()
     assert "reusing the latent cache" in log and "refined the face decoder" in log
-    refined = SpeechToFacePipeline.from_pretrained(again / "pipeline").face_decoder
+    v_pipe = SpeechToFacePipeline.from_pretrained(again / "pipeline")
+    refined = v_pipe.face_decoder
     assert refined.config.scaling_factor == pipe.face_decoder.config.scaling_factor
     assert not torch.equal(refined.conv_out.weight, pipe.face_decoder.conv_out.weight)
+    assert pipe.scheduler.config.prediction_type == "epsilon"
+    assert v_pipe.scheduler.config.prediction_type == "v_prediction"
+    assert v_pipe.scheduler.config.beta_schedule == pipe.scheduler.config.beta_schedule
     capsys.readouterr()
 
     voices = sorted((data / "audio").glob("*/0.wav"))[:2]

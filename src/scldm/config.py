@@ -163,6 +163,17 @@ Sampler = Literal["ddpm", "ddim", "dpm++", "unipc"]
 SAMPLER_NAMES: tuple[str, ...] = typing.get_args(Sampler)
 
 
+# the noise schedule of LDM / Stable Diffusion (diffusers `DDPMScheduler` kwargs), ε-prediction:
+# stage 2's `scheduler` section updates it, key by key, and samplers start from it
+NOISE_SCHEDULE: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_schedule": "scaled_linear",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "prediction_type": "epsilon",
+}
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """How a pipeline samples faces by default: saved inside the pipeline folder (stage 2 writes
@@ -269,10 +280,11 @@ class DiffusionStageConfig:
     """Stage 2: the speech-conditioned latent diffusion model with the face prior (DESIGN §2).
 
     `unet` holds `UNet2DConditionModel` kwargs (`preset: NAME` picks an architecture preset);
-    `scheduler` the training noise schedule (diffusers `DDPMScheduler` kwargs; LDM's by
-    default). μ = λ·P shifts the diffusion: `lambda_train` in training, `sampling.prior_scale`
-    (λ_infer) saved with the pipeline as its default; λ = 0 is the plain LDM. `sampling` is the
-    pipeline's sampling config, also used for the validation grids.
+    `scheduler` the training noise schedule: diffusers `DDPMScheduler` kwargs that update
+    LDM's (`NOISE_SCHEDULE`), so `{prediction_type: v_prediction}` keeps its betas. μ = λ·P
+    shifts the diffusion: `lambda_train` in training, `sampling.prior_scale` (λ_infer) saved
+    with the pipeline as its default; λ = 0 is the plain LDM. `sampling` is the pipeline's
+    sampling config, also used for the validation grids.
     """
 
     data: DataConfig = field(default_factory=DataConfig)
@@ -280,20 +292,17 @@ class DiffusionStageConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     unet: Mapping[str, Any] = field(default_factory=lambda: {"preset": "small"})
-    scheduler: Mapping[str, Any] = field(
-        default_factory=lambda: {
-            "num_train_timesteps": 1000,
-            "beta_schedule": "scaled_linear",
-            "beta_start": 0.00085,
-            "beta_end": 0.012,
-        }
-    )
+    scheduler: Mapping[str, Any] = field(default_factory=lambda: dict(NOISE_SCHEDULE))
     lambda_train: float = 0.01  # paper: 0.01
     cond_drop: float = 0.1  # condition dropout for classifier-free guidance
     prior_faces: int = 10_000  # paper: 10,000 gender-balanced training faces
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     images_per_voice: int = 4  # generated faces per validation voice in the grids
     decoder: DecoderRefineConfig = field(default_factory=DecoderRefineConfig)
+
+    def __post_init__(self) -> None:
+        # a YAML `scheduler:` section replaces the default mapping; it is meant as an update
+        object.__setattr__(self, "scheduler", {**NOISE_SCHEDULE, **self.scheduler})
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,25 @@ class Recorder(nn.Module):
         return (eps.expand_as(sample).clone(),)
 
 
+class PointMass(nn.Module):
+    """The exact denoiser of a point mass at `c`: the diffusion's clean sample is x_0 = c − μ,
+    so ε = (z_t − √ᾱ_t·x_0) / √(1 − ᾱ_t) is known at every step and the UNet returns it in the
+    scheduler's parametrisation (ε, v or x_0)."""
+
+    def __init__(self, scheduler, c: torch.Tensor, mu: torch.Tensor) -> None:
+        super().__init__()
+        self.abar, self.x0, self.mu = scheduler.alphas_cumprod, c - mu, mu
+        self.kind = scheduler.config.prediction_type
+
+    def forward(self, sample, timestep, encoder_hidden_states, return_dict=True):
+        t = torch.as_tensor(timestep).expand(sample.shape[0])
+        abar = self.abar[t].to(sample)[:, None, None, None]
+        z_t = sample - self.mu
+        eps = (z_t - abar.sqrt() * self.x0) / (1 - abar).sqrt()
+        out = {"epsilon": eps, "v_prediction": abar.sqrt() * eps - (1 - abar).sqrt() * self.x0}
+        return (out.get(self.kind, self.x0.expand_as(sample)),)
+
+
 def tiny_unet() -> nn.Module:
     torch.manual_seed(0)
     return build_unet({"preset": "tiny"})
@@ -93,6 +112,49 @@ def test_rows_of_a_global_batch_draw_what_the_whole_batch_draws():
     assert not torch.allclose(loss(None, slice(2, 4))[0], second)  # its own draws differ
     with pytest.raises(ValueError, match="outside a batch of 4"):
         loss((3, 4), slice(0, 2))
+
+
+# ε cannot be trained at zero terminal SNR: at t = T it equals z_T and says nothing of x_0
+@pytest.mark.parametrize(
+    ("kind", "zero_snr"),
+    [("epsilon", False), ("v_prediction", False), ("sample", False), ("v_prediction", True),
+     ("sample", True)],
+)  # fmt: skip
+def test_each_prediction_type_trains_and_samples_the_exact_denoiser(kind, zero_snr):
+    """With data at a single point c the exact denoiser is known in closed form: its loss is 0
+    in every parametrisation, and every sampler that reads the same `prediction_type` lands on c
+    from pure noise (so training and sampling agree on what the UNet predicts)."""
+    _, tokens, prior = batch()
+    c = torch.randn(*SHAPE, generator=torch.Generator().manual_seed(5))
+    mu = 0.5 * prior
+    config = {"prediction_type": kind, "rescale_betas_zero_snr": zero_snr}
+    trainer = DDPMScheduler(**config)
+    loss, _ = diffusion_loss(
+        PointMass(trainer, c, mu), trainer, c.expand(4, *SHAPE), tokens, prior=prior,
+        prior_scale=0.5, cond_drop=0.0, generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    assert loss.item() < 1e-8
+    wrong = DDPMScheduler(prediction_type="epsilon" if kind != "epsilon" else "sample")
+    off, _ = diffusion_loss(
+        PointMass(wrong, c, mu), trainer, c.expand(4, *SHAPE), tokens, prior=prior,
+        prior_scale=0.5, cond_drop=0.0, generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    assert off.item() > 1e-2  # the target depends on the type
+    for name in ("ddim", "dpm++", "unipc"):
+        sampler = make_scheduler(name, trainer.config)
+        out = sample_latents(
+            PointMass(sampler, c, mu), sampler, tokens, prior=prior, prior_scale=0.5,
+            num_inference_steps=10, generator=torch.Generator().manual_seed(1), latent_shape=SHAPE,
+        )  # fmt: skip
+        torch.testing.assert_close(out, c.expand_as(out), rtol=0, atol=1e-3, msg=name)
+
+
+def test_unknown_prediction_type_is_refused():
+    z0, tokens, _ = batch()
+    scheduler = DDPMScheduler()
+    scheduler.register_to_config(prediction_type="flow")
+    with pytest.raises(ValueError, match="unknown prediction_type 'flow'"):
+        diffusion_loss(Recorder(), scheduler, z0, tokens)
 
 
 def test_loss_unet_sees_shifted_noisy_latent():

@@ -20,6 +20,9 @@ from torch import nn
 from scldm.diffusion.prior import prior_shift
 from scldm.diffusion.sampling import null_condition
 
+# what the UNet may be trained to predict: diffusers' names, which its schedulers read back
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
 
 def diffusion_loss(
     unet: nn.Module,
@@ -34,17 +37,19 @@ def diffusion_loss(
     generator: torch.Generator | None = None,
     rows: tuple[int, int] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """ε-prediction loss of the prior-shifted diffusion (paper eq. 6), averaged over the batch.
+    """Denoising loss of the prior-shifted diffusion (paper eq. 6), averaged over the batch.
 
     t ~ U{0, …, T−1}, ε ~ N(0, I), z_t = √ᾱ_t·(z_0 − μ) + √(1 − ᾱ_t)·ε (`scheduler.add_noise`);
-    the UNet sees z̃_t = z_t + μ and predicts ε; loss ‖ε − ε_θ(z̃_t, t, c)‖² (MSE).
+    the UNet sees z̃_t = z_t + μ and predicts the scheduler's `prediction_type`: ε (the paper's
+    eq. 6, loss ‖ε − ε_θ(z̃_t, t, c)‖²), "v_prediction" (v = √ᾱ_t·ε − √(1 − ᾱ_t)·(z_0 − μ),
+    Salimans & Ho 2022) or "sample" (z_0 − μ); MSE in each case.
     With probability `cond_drop` a sample's tokens are replaced by `null_tokens` (zeros when
     None) so the model also learns the unconditional ε for classifier-free guidance.
 
     Args:
         unet: a `UNet2DConditionModel` (or anything with its call signature).
         scheduler: a diffusers scheduler with `add_noise` and `config.num_train_timesteps`;
-            its `prediction_type` must be "epsilon".
+            its `prediction_type` ("epsilon" by default) picks the target.
         z0: (B, C, h, w) scaled face latents (unit variance).
         cond_tokens: (B, N, D) speech tokens.
         prior: P, (C, h, w) in the same scaled latent space; with `prior_scale` λ gives μ = λ·P.
@@ -59,8 +64,9 @@ def diffusion_loss(
     trained unconditionally (detached).
     """
     prediction_type = scheduler.config.get("prediction_type", "epsilon")
-    if prediction_type != "epsilon":
-        raise ValueError(f"diffusion_loss trains ε-prediction, scheduler has {prediction_type!r}")
+    if prediction_type not in PREDICTION_TYPES:
+        known = ", ".join(PREDICTION_TYPES)
+        raise ValueError(f"unknown prediction_type {prediction_type!r}; known: {known}")
     batch, device = z0.shape[0], z0.device
     start, total = rows if rows is not None else (0, batch)
     if not 0 <= start <= total - batch:
@@ -73,17 +79,22 @@ def diffusion_loss(
     shape = (total, *z0.shape[1:])
     noise = randn_tensor(shape, generator=generator, device=device, dtype=z0.dtype)[mine]
     mu = prior_shift(prior, prior_scale)
-    if mu is None:
-        z_t = scheduler.add_noise(z0, noise, t)  # exactly the plain LDM step
+    x0 = z0 if mu is None else z0 - mu.to(z0)  # the diffusion's clean sample
+    z_t = scheduler.add_noise(x0, noise, t)
+    if mu is not None:
+        z_t = z_t + mu.to(z0)  # z̃_t (B, C, h, w); without μ exactly the plain LDM step
+    if prediction_type == "epsilon":
+        target = noise
+    elif prediction_type == "v_prediction":
+        target = scheduler.get_velocity(x0, noise, t)
     else:
-        mu = mu.to(z0)
-        z_t = scheduler.add_noise(z0 - mu, noise, t) + mu  # z̃_t (B, C, h, w)
+        target = x0
     dropped = torch.zeros(batch, dtype=torch.bool, device=device)
     if cond_drop > 0:
         draw = torch.rand(total, generator=generator, device=gen_device)[mine]
         dropped = (draw < cond_drop).to(device)
         null = null_condition(cond_tokens, null_tokens)
         cond_tokens = torch.where(dropped[:, None, None], null, cond_tokens)
-    eps = unet(z_t, t, encoder_hidden_states=cond_tokens, return_dict=False)[0]
-    loss = F.mse_loss(eps.float(), noise.float())
+    pred = unet(z_t, t, encoder_hidden_states=cond_tokens, return_dict=False)[0]
+    loss = F.mse_loss(pred.float(), target.float())
     return loss, {"cond_drop_frac": dropped.float().mean().detach()}

@@ -24,7 +24,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
-from scldm.config import SAMPLER_NAMES
+from scldm.config import NOISE_SCHEDULE, SAMPLER_NAMES
 from scldm.diffusion.prior import prior_shift
 from scldm.errors import InputError
 
@@ -36,14 +36,6 @@ SCHEDULERS: dict[str, type[SchedulerMixin]] = dict(
         strict=True,
     )
 )
-# the noise schedule of LDM / Stable Diffusion, used when no training config is given
-NOISE_SCHEDULE: dict[str, Any] = {
-    "num_train_timesteps": 1000,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "prediction_type": "epsilon",
-}
 # sampling settings that override the training scheduler's: the latents have unit variance,
 # not a [-1, 1] range, so x_0 must not be clipped; "trailing" timesteps start sampling at
 # t = T − 1, where training saw z̃_T ≈ ε + μ (Lin et al., "Common Diffusion Noise Schedules and
@@ -56,8 +48,9 @@ def make_scheduler(
 ) -> SchedulerMixin:
     """A sampler by name (ddpm, ddim, dpm++, unipc) on the noise schedule of `config`.
 
-    `config` is a scheduler config (e.g. the training `DDPMScheduler.config`; LDM's schedule
-    when None); SAMPLING_SETTINGS are applied on top, then `overrides`.
+    `config` is a scheduler config (e.g. the training `DDPMScheduler.config`) that updates
+    LDM's schedule (`scldm.config.NOISE_SCHEDULE`); SAMPLING_SETTINGS are applied on top, then
+    `overrides`.
     A pipeline swaps its sampler with `pipe.set_sampling(scheduler="ddim")`, which calls this.
     """
     if name not in SCHEDULERS:
