@@ -319,6 +319,8 @@ def test_the_sampling_config_is_saved_and_is_the_default(pipe, waves, tmp_path: 
     bad = r"model_index.json: unknown sampling settings \['guidance'\]"
     with pytest.raises(InputError, match=bad):
         SpeechToFacePipeline.from_pretrained(tmp_path)
+    with pytest.raises(InputError, match="is not a pipeline folder"):
+        SpeechToFacePipeline.from_pretrained(tmp_path / "missing")  # a Path, as callers pass
 
 
 def test_a_pipeline_saved_before_the_sampling_config_still_loads(pipe, waves, tmp_path: Path):

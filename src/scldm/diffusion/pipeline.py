@@ -94,8 +94,14 @@ class SpeechToFacePipeline(DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any):
-        """`DiffusionPipeline.from_pretrained`; a bad setting in the folder's model_index.json
-        (e.g. an unknown sampling key) is an `InputError` naming that file."""
+        """`DiffusionPipeline.from_pretrained` from a local folder (there is no hub to ask); a
+        missing folder, or a bad setting in its model_index.json (e.g. an unknown sampling key),
+        is an `InputError` naming it."""
+        pretrained_model_name_or_path = os.fspath(pretrained_model_name_or_path)
+        if not os.path.isfile(os.path.join(pretrained_model_name_or_path, "model_index.json")):
+            raise InputError(
+                pretrained_model_name_or_path, "is not a pipeline folder (no model_index.json)"
+            )
         try:
             return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         except InputError as e:
