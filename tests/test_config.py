@@ -144,39 +144,38 @@ def test_a_config_extends_another_and_updates_its_keys(tmp_path):
         load_config(Stage, tmp_path / "c.yaml")
 
 
-def test_the_real_voices_preset_is_small_with_augmentation_and_the_h8_latent():
-    from scldm.config import DiffusionStageConfig, EncoderStageConfig
+def test_the_real_voices_preset_is_small_with_augmentation_and_v_prediction():
+    from scldm.config import NOISE_SCHEDULE, DiffusionStageConfig, EncoderStageConfig
 
     small = load_config(EncoderStageConfig, "small", stage="pretrain")
     real = load_config(EncoderStageConfig, "small-real", stage="pretrain")
     assert not small.augment.enabled and real.augment.enabled
-    # small's latent is 4 × 16 × 16; the demo keeps the 4 × 8 × 8 one, without the position bias
-    assert small.face_encoder == {"preset": "small_h4"}
+    # both on the 4 × 16 × 16 latent; the demo's decoder without the position bias
+    assert small.face_encoder == real.face_encoder == {"preset": "small_h4"}
     assert small.face_decoder == {"preset": "small_h4"}
-    assert real.face_encoder == {"preset": "small"}
-    assert real.face_decoder == {"preset": "small", "position_bias": False}
-    same = dataclasses.replace(
-        real,
-        augment=small.augment,
-        face_encoder=small.face_encoder,
-        face_decoder=small.face_decoder,
-    )
+    assert real.face_decoder == {"preset": "small_h4", "position_bias": False}
+    same = dataclasses.replace(real, augment=small.augment, face_decoder=small.face_decoder)
     assert same == small
-    # stage 2: the demo's UNet is sized for 8 × 8 latents, with fewer steps and less guidance
+    # stage 2: the demo's UNet predicts v at zero terminal SNR, with fewer steps and less guidance
     small2 = load_config(DiffusionStageConfig, "small", stage="train")
     real2 = load_config(DiffusionStageConfig, "small-real", stage="train")
-    assert (small2.unet, small2.train.max_steps) == ({"preset": "small_h4"}, 4500)
-    assert (real2.unet, real2.train.max_steps) == ({"preset": "small"}, 2400)
+    assert small2.unet == real2.unet == {"preset": "small_h4"}
+    assert (small2.train.max_steps, real2.train.max_steps) == (4500, 1600)
     assert small2.lambda_train == real2.lambda_train == 1.0
     assert small2.sampling.prior_scale == real2.sampling.prior_scale == 1.0
     assert small2.sampling.temperature == real2.sampling.temperature == 1.0
-    assert (small2.sampling.guidance_scale, real2.sampling.guidance_scale) == (6.0, 4.0)
+    assert (small2.sampling.guidance_scale, real2.sampling.guidance_scale) == (6.0, 3.0)
+    # a scheduler section updates LDM's noise schedule: the demo keeps its betas
+    assert small2.scheduler == NOISE_SCHEDULE
+    assert real2.scheduler == {
+        **NOISE_SCHEDULE, "prediction_type": "v_prediction", "rescale_betas_zero_snr": True,
+    }  # fmt: skip
     # both refine the decoder with the squared error (docs/notes/2026-12-01-mse-refinement.md)
     assert small2.decoder.loss == real2.decoder.loss == "mse"
     same2 = dataclasses.replace(
         real2,
-        unet=small2.unet,
         train=dataclasses.replace(real2.train, max_steps=small2.train.max_steps),
+        scheduler=small2.scheduler,
         sampling=small2.sampling,
     )
     assert same2 == small2
