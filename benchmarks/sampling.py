@@ -64,7 +64,8 @@ def measure(args: argparse.Namespace, scheduler: str, steps: int, faces_path: Pa
     import torch
     from diffusers.utils import logging as diffusers_logging
 
-    from scldm.diffusion.pipeline import SpeechToFacePipeline, make_scheduler
+    from scldm.diffusion.pipeline import SpeechToFacePipeline
+    from scldm.diffusion.sampling import make_scheduler
 
     diffusers_logging.set_verbosity_error()  # the training scheduler's extra keys
     diffusers_logging.disable_progress_bar()
@@ -221,11 +222,16 @@ def table(args: argparse.Namespace, rows: list[dict], scale: float | None, load:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def pipeline_sampling(model: Path):
+    """The pipeline folder's sampling config (`SamplingConfig`'s defaults for folders saved
+    before it had one)."""
     from scldm.config import SamplingConfig
 
-    defaults = SamplingConfig()
+    saved = json.loads((model / "model_index.json").read_text()).get("sampling") or {}
+    return SamplingConfig(**saved)
 
+
+def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -242,12 +248,12 @@ def main() -> None:
     parser.add_argument("--schedulers", default="ddpm,ddim,dpm++,unipc")
     parser.add_argument("--steps", default="10,25,50")
     parser.add_argument("--reference-steps", type=int, default=1000)
-    parser.add_argument("--guidance", type=float, default=defaults.guidance_scale)
+    parser.add_argument("--guidance", type=float, help="default: the pipeline's sampling config")
     parser.add_argument(
         "--temperature",
         type=float,
-        default=defaults.temperature,
-        help="τ of the starting noise, as `scldm generate` (DDPM's per-step noise is not scaled)",
+        help="τ of the starting noise, as `scldm generate` (DDPM's per-step noise is not scaled); "
+        "default: the pipeline's sampling config",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -266,7 +272,7 @@ def main() -> None:
         print(json.dumps(measure(args, name, int(steps), args.faces)))
         return
 
-    from scldm.diffusion.pipeline import SCHEDULERS
+    from scldm.diffusion.sampling import SCHEDULERS
 
     schedulers = args.schedulers.split(",")
     unknown = [s for s in schedulers if s not in SCHEDULERS]
@@ -274,6 +280,11 @@ def main() -> None:
         parser.error(f"unknown scheduler {unknown[0]!r}; known: {', '.join(SCHEDULERS)}")
     if not (args.model / "model_index.json").is_file():
         parser.error(f"{args.model} is not a pipeline folder (no model_index.json)")
+    saved = pipeline_sampling(args.model)
+    if args.guidance is None:
+        args.guidance = saved.guidance_scale
+    if args.temperature is None:
+        args.temperature = saved.temperature
     voices = pick_voices(args.data, args.voices)
     if len(voices) < args.voices:
         print(f"only {len(voices)} test speakers in {args.data}", flush=True)
