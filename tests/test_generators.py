@@ -23,6 +23,7 @@ from scldm.evaluation.generators import (
     check_options,
     describe,
     load_generator,
+    scldm_deviations,
 )
 
 
@@ -58,7 +59,9 @@ def test_load_generator_dispatches_on_the_folders_class(folders):
     assert scldm.settings["guidance_scale"] == 1.0  # the override
     assert scldm.settings["num_inference_steps"] == 2  # the folder's own sampling config
     assert scldm.image_size == 32 and scldm.num_parameters == _params(scldm.pipe) > 0
-    assert not scldm.method["deterministic"] and scldm.method["deviations"] == []
+    assert not scldm.method["deterministic"]
+    # an ε-UNet on LDM's schedule without guidance: only the fixture's λ 0.5 departs from the paper
+    assert scldm.method["deviations"] == ["prior scale λ_infer 0.5 (paper 0.01)"]
     gens = [torch.Generator().manual_seed(s) for s in (0, 1)]
     faces = scldm([folders["a"], folders["a"]], gens)
     assert faces.shape == (2, 3, 32, 32) and faces.min() >= -1 and faces.max() <= 1
@@ -75,7 +78,10 @@ def test_load_generator_dispatches_on_the_folders_class(folders):
     # what the folder holds is known without loading it
     info = describe(folders["s2f"])
     assert info["method"] == "speech2face" and info["title"] == s2f.method["title"]
-    assert describe(folders["scldm"])["method"] == "scldm"
+    info = describe(folders["scldm"])
+    assert info["method"] == "scldm"  # and its deviations at the folder's own sampling config
+    assert info["deviations"] == load_generator(folders["scldm"]).method["deviations"]
+    assert len(info["deviations"]) == 2  # the fixture's λ 0.5 and guidance 6
 
 
 def test_a_folder_that_is_no_known_pipeline_is_named_in_one_line(tmp_path):
@@ -160,3 +166,22 @@ def test_generate_with_scldm_still_samples_distinct_faces(folders, tmp_path, cap
     assert not [r for r in caplog.records if "identical" in r.message]
     first, second = (np.asarray(Image.open(out / f"a_{k}.png")) for k in range(2))
     assert not np.array_equal(first, second)
+
+
+def test_scldm_deviations_name_what_departs_from_the_paper():
+    paper = {"prior_scale": 0.01, "guidance_scale": 1.0}
+    assert scldm_deviations(paper, {"prediction_type": "epsilon"}) == []
+    assert scldm_deviations(paper, {}) == []  # ε is diffusers' default
+    demo = scldm_deviations(
+        {"prior_scale": 1.0, "guidance_scale": 3.0},
+        {"prediction_type": "v_prediction", "rescale_betas_zero_snr": True},
+    )
+    assert demo == [
+        "the UNet predicts v, not ε (paper eq. 6)",
+        "the noise schedule is rescaled to zero terminal SNR (paper: LDM's)",
+        "prior scale λ_infer 1 (paper 0.01)",
+        "classifier-free guidance 3 (the paper samples without)",
+    ]
+    assert scldm_deviations(paper, {"prediction_type": "sample"}) == [
+        "the UNet predicts x_0, not ε (paper eq. 6)"
+    ]

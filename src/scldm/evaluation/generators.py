@@ -51,6 +51,29 @@ SCLDM_METHOD = {
 }
 
 
+PAPER_PRIOR_SCALE = 0.01  # the paper's λ_infer (Table 4)
+
+
+def scldm_deviations(settings: Mapping[str, Any], scheduler: Mapping[str, Any]) -> list[str]:
+    """How an SCLDM pipeline samples unlike the paper (DESIGN §2: an ε-predicting UNet on LDM's
+    noise schedule, λ_infer 0.01, one conditional pass a step), from its sampling `settings`
+    and its scheduler's config."""
+    out = []
+    kind = scheduler.get("prediction_type", "epsilon")
+    if kind != "epsilon":
+        target = {"v_prediction": "v", "sample": "x_0"}.get(kind, kind)
+        out.append(f"the UNet predicts {target}, not ε (paper eq. 6)")
+    if scheduler.get("rescale_betas_zero_snr"):
+        out.append("the noise schedule is rescaled to zero terminal SNR (paper: LDM's)")
+    prior_scale = settings.get("prior_scale")
+    if prior_scale is not None and prior_scale != PAPER_PRIOR_SCALE:
+        out.append(f"prior scale λ_infer {prior_scale:g} (paper {PAPER_PRIOR_SCALE:g})")
+    guidance = settings.get("guidance_scale")
+    if guidance is not None and guidance != 1.0:
+        out.append(f"classifier-free guidance {guidance:g} (the paper samples without)")
+    return out
+
+
 class FaceGenerator(Protocol):
     """What `evaluate` needs from a model: voices → faces."""
 
@@ -79,7 +102,12 @@ class PipelineGenerator:
     pipe: Any
     overrides: Mapping[str, Any] = field(default_factory=dict)
     name: str = "scldm"
-    method: dict[str, Any] = field(default_factory=lambda: dict(SCLDM_METHOD))
+
+    @property
+    def method(self) -> dict[str, Any]:
+        """`SCLDM_METHOD`, with the deviations of this pipeline and these overrides."""
+        deviations = scldm_deviations(self.settings, self.pipe.scheduler.config)
+        return {**SCLDM_METHOD, "deviations": deviations}
 
     @property
     def image_size(self) -> int:
@@ -264,7 +292,13 @@ def describe(path: Path) -> dict[str, Any]:
     index = model_index(path)
     cls = index.get("_class_name")
     if cls == SCLDM_CLASS:
-        return {"class": cls, **SCLDM_METHOD, "method": "scldm"}
+        sampling = index.get("sampling") if isinstance(index.get("sampling"), dict) else {}
+        try:
+            scheduler = json.loads((Path(path) / "scheduler" / "scheduler_config.json").read_text())
+        except (OSError, ValueError):
+            scheduler = {}
+        deviations = scldm_deviations(sampling, scheduler if isinstance(scheduler, dict) else {})
+        return {"class": cls, **SCLDM_METHOD, "deviations": deviations, "method": "scldm"}
     methods = baseline_methods()
     if cls in methods:
         saved = index.get("method") if isinstance(index.get("method"), dict) else {}
