@@ -44,7 +44,7 @@ def diffusion_loss(
     eq. 6, loss ‖ε − ε_θ(z̃_t, t, c)‖²), "v_prediction" (v = √ᾱ_t·ε − √(1 − ᾱ_t)·(z_0 − μ),
     Salimans & Ho 2022) or "sample" (z_0 − μ); MSE in each case.
     With probability `cond_drop` a sample's tokens are replaced by `null_tokens` (zeros when
-    None) so the model also learns the unconditional ε for classifier-free guidance.
+    None) so the model also learns the unconditional prediction for classifier-free guidance.
 
     Args:
         unet: a `UNet2DConditionModel` (or anything with its call signature).
@@ -79,10 +79,11 @@ def diffusion_loss(
     shape = (total, *z0.shape[1:])
     noise = randn_tensor(shape, generator=generator, device=device, dtype=z0.dtype)[mine]
     mu = prior_shift(prior, prior_scale)
-    x0 = z0 if mu is None else z0 - mu.to(z0)  # the diffusion's clean sample
+    mu = None if mu is None else mu.to(z0)
+    x0 = z0 if mu is None else z0 - mu  # the diffusion's clean sample
     z_t = scheduler.add_noise(x0, noise, t)
     if mu is not None:
-        z_t = z_t + mu.to(z0)  # z̃_t (B, C, h, w); without μ exactly the plain LDM step
+        z_t = z_t + mu  # z̃_t (B, C, h, w); without μ exactly the plain LDM step
     if prediction_type == "epsilon":
         target = noise
     elif prediction_type == "v_prediction":
