@@ -179,3 +179,6 @@ def test_the_real_voices_preset_is_small_with_augmentation_and_v_prediction():
         sampling=small2.sampling,
     )
     assert same2 == small2
+    # an unknown prediction type is refused when the config loads, not at the first step
+    with pytest.raises(InputError, match=r"scheduler.prediction_type: 'eps' is not one of"):
+        load_config(DiffusionStageConfig, "small", ["scheduler.prediction_type=eps"], stage="train")

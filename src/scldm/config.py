@@ -172,6 +172,9 @@ NOISE_SCHEDULE: dict[str, Any] = {
     "beta_end": 0.012,
     "prediction_type": "epsilon",
 }
+# what stage 2's UNet may be trained to predict (`scheduler.prediction_type`): diffusers' names,
+# which its samplers read back
+PREDICTION_TYPES: tuple[str, ...] = ("epsilon", "v_prediction", "sample")
 
 
 @dataclass(frozen=True)
@@ -303,6 +306,10 @@ class DiffusionStageConfig:
     def __post_init__(self) -> None:
         # a YAML `scheduler:` section replaces the default mapping; it is meant as an update
         object.__setattr__(self, "scheduler", {**NOISE_SCHEDULE, **self.scheduler})
+        if self.scheduler["prediction_type"] not in PREDICTION_TYPES:
+            known = ", ".join(PREDICTION_TYPES)
+            kind = self.scheduler["prediction_type"]
+            raise InputError(None, f"scheduler.prediction_type: {kind!r} is not one of {known}")
 
 
 @dataclass(frozen=True)

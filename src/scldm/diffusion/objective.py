@@ -17,11 +17,9 @@ import torch.nn.functional as F
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
+from scldm.config import PREDICTION_TYPES
 from scldm.diffusion.prior import prior_shift
 from scldm.diffusion.sampling import null_condition
-
-# what the UNet may be trained to predict: diffusers' names, which its schedulers read back
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 def diffusion_loss(
