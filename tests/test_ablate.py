@@ -86,19 +86,17 @@ def test_ablate_writes_table4_sweep_grids_and_report(ablation):
     assert float(t4[3]["R@1_pct"]) >= float(t4[4]["R@1_pct"])  # true-face floor ≥ chance
     # realism: the two-sample accuracy of every row and the floor, in its interval, where the
     # evaluations had the faces for it (2 a side; the tiny split may not); chance has none
-    assert "two-sample acc" in lines[0]
+    assert "two-sample acc" in lines[0] and "two-sample acc, detail" in lines[0]
     m = json.loads((out / "ldm-train0" / "eval" / "infer0.01" / "metrics.json").read_text())
     scored = m["realism"]["two_sample"].get("model") is not None
     for r in t4[:4]:
-        if not scored:
-            assert r["two_sample_acc"] == ""
-            continue
-        low, acc, high = (
-            float(r[k])
-            for k in ("two_sample_acc_ci_low", "two_sample_acc", "two_sample_acc_ci_high")
-        )
-        assert 0 <= low <= acc <= high <= 1
-    assert t4[4]["two_sample_acc"] == ""
+        for test in ("two_sample_acc", "two_sample_detail_acc"):
+            if not scored:
+                assert r[test] == ""
+                continue
+            low, acc, high = (float(r[k]) for k in (f"{test}_ci_low", test, f"{test}_ci_high"))
+            assert 0 <= low <= acc <= high <= 1
+    assert t4[4]["two_sample_acc"] == t4[4]["two_sample_detail_acc"] == ""
     with open(out / "lambda_sweep.csv") as f:
         sweep = list(csv.DictReader(f))
     names = [lam_name(v) for v in LAMBDAS]

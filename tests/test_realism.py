@@ -9,11 +9,14 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from scldm.errors import InputError
 from scldm.evaluation.demo_report import demo_report
 from scldm.evaluation.evaluate import EvalSettings, evaluate
 from scldm.evaluation.realism import (
+    detail_kernel,
+    fine_detail,
     kid,
     mmd2_unbiased,
     polynomial_kernel,
@@ -124,6 +127,25 @@ def test_two_sample_test_balances_classes_and_is_seeded():
     small = two_sample_test(x, y, size=4)  # downsampled before flattening
     assert small["size"] == 4 and 0 <= small["accuracy"] <= 1
     assert two_sample_test(x[:1], y) is None
+
+
+def test_the_detail_test_finds_blur_and_ignores_colour():
+    # aligned "faces": one fixed pattern (eyes, edges at fixed pixels) plus a little noise each
+    g = torch.Generator().manual_seed(0)
+    pattern = torch.randn(1, 3, 16, 16, generator=g)
+    x = pattern + 0.3 * torch.randn(100, 3, 16, 16, generator=g)
+    y = pattern + 0.3 * torch.randn(100, 3, 16, 16, generator=g)
+    kernel = detail_kernel(16)
+    assert kernel == 3 and detail_kernel(64) == 5 and detail_kernel(224) == 17
+    # a constant image has no detail; a blurred copy keeps its colours and loses its edges
+    assert fine_detail(torch.full((1, 3, 8, 8), 0.7), 3).abs().max() < 1e-6
+    blurred = F.avg_pool2d(y, 3, stride=1, padding=1, count_include_pad=False)
+    recoloured = y + 0.5 + 0.5 * torch.rand(100, 3, 1, 1, generator=g)  # other colours, same edges
+    assert two_sample_test(x, recoloured)["accuracy"] > 0.95
+    assert 0.3 < two_sample_test(x, recoloured, detail=kernel)["accuracy"] < 0.7
+    found = two_sample_test(x, blurred, detail=kernel)
+    assert found["accuracy"] > 0.95 and found["detail"] == kernel
+    assert 0.3 < two_sample_test(x, y, detail=kernel)["accuracy"] < 0.7
 
 
 def test_two_sample_folds_grouped_by_speaker_do_not_recognise_people():

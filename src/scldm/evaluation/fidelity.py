@@ -38,7 +38,7 @@ from scldm.errors import InputError
 from scldm.evaluation.clips import Clip, EvalSettings
 from scldm.evaluation.evaluate import Faces, batched_features, score_attributes
 from scldm.evaluation.metrics import psnr, summarise
-from scldm.evaluation.realism import kid, speaker_halves, two_sample_test
+from scldm.evaluation.realism import detail_kernel, kid, speaker_halves, two_sample_test
 from scldm.faces import center_crop_resize, to_pil, to_tensor
 from scldm.models.face_encoder import FaceEncoder
 
@@ -81,7 +81,8 @@ def score_realism(
     features: Mapping[str, Any],
     settings: EvalSettings,
 ) -> dict[str, Any]:
-    """The two-sample test (on pixels) and KID (on each feature network) of the generated
+    """The two-sample tests (on pixels, and on their fine detail) and KID (on each feature
+    network) of the generated
     faces, the reconstructions (when `faces.images` holds "reconstruction", one row per
     `distinct_faces(clips)`) and the floor, each against the true faces of the other half of
     the speakers. A statistic is None where a set has fewer than 2 faces."""
@@ -107,6 +108,8 @@ def score_realism(
     offset = {"model": 1, "floor": 2, "reconstruction": 2}
     sets = {k: _subsample(*v, n, settings.seed + offset[k]) for k, v in sets.items()}
     reference = _subsample(*reference, n, settings.seed)
+    size = true.shape[-1]
+    kernel = detail_kernel(size)
     result: dict[str, Any] = {
         "convention": {
             "design": "speakers split into two seeded disjoint halves S1, S2; reference = the "
@@ -117,6 +120,9 @@ def score_realism(
             "pixels in [-1, 1], classes balanced, 5 stratified folds grouped by speaker; "
             "accuracy of the held-out predictions with a 95% Wilson interval; 0.5 = "
             "indistinguishable, 1.0 = always told apart",
+            "two_sample_detail": "the same test on each face minus its box blur (fine "
+            f"detail: edges, eyes, glasses frames; a {kernel} px box at {size} px), which "
+            "colours and layout do not pass",
             "kid": "unbiased MMD^2 with k(x, y) = (x.y/D + 1)^3 (Binkowski et al. 2018) on the "
             "feature network's features, pairs of faces of one speaker left out of the "
             f"within-set means; mean and std over {KID_SUBSETS} random subsets of "
@@ -126,15 +132,17 @@ def score_realism(
         "speakers": {"s1": len(s1), "s2": len(s2)},
         "n": n,
         "two_sample": {},
+        "two_sample_detail": {},
         "kid": {},
     }
-    for cond in REALISM_CONDITIONS:
-        if cond in sets:
-            result["two_sample"][cond] = two_sample_test(
+    for cond in (c for c in REALISM_CONDITIONS if c in sets):
+        for key, detail in (("two_sample", None), ("two_sample_detail", kernel)):
+            result[key][cond] = two_sample_test(
                 sets[cond][0],
                 reference[0],
                 x_groups=sets[cond][1],
                 y_groups=reference[1],
+                detail=detail,
                 seed=settings.seed,
             )
     for name, extractor in features.items():

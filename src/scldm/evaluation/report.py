@@ -78,21 +78,28 @@ def _kid_cell(m: Mapping[str, Any] | None) -> str:
     return f"{m['value']:.3g}{std}"
 
 
+def _accuracy_cell(test: Mapping[str, Any] | None) -> str:
+    return "n/a" if test is None else fmt({"value": test["accuracy"], "ci": test["ci"]}, 3)
+
+
 def realism_table(realism: Mapping[str, Any]) -> str:
-    """Two-sample accuracy and KID per feature network, for model, reconstruction (when
-    scored) and floor, each set against the true faces of the other half of the speakers."""
+    """Two-sample accuracy (on pixels and, where scored, on their fine detail) and KID per
+    feature network, for model, reconstruction (when scored) and floor, each set against the
+    true faces of the other half of the speakers."""
     conds = [c for c in REALISM_CONDITIONS if c in realism["two_sample"]]
+    detail = realism.get("two_sample_detail")  # absent from metrics.json before 2026-12-02
     names = list(realism["kid"])
     lines = [
         "| realism | two-sample accuracy (0.5 = indistinguishable) ↓ | "
+        + ("two-sample accuracy, fine detail ↓ | " if detail else "")
         + " | ".join(f"KID ({n}) ↓" for n in names)
         + " |",
-        "|---|---|" + "---|" * len(names),
+        "|---|---|" + ("---|" if detail else "") + "---|" * len(names),
     ]
     for cond in conds:
-        test = realism["two_sample"][cond]
-        acc = "n/a" if test is None else fmt({"value": test["accuracy"], "ci": test["ci"]}, 3)
-        cells = [acc] + [_kid_cell(realism["kid"][n].get(cond)) for n in names]
+        cells = [_accuracy_cell(realism["two_sample"][cond])]
+        cells += [_accuracy_cell(detail.get(cond))] if detail else []
+        cells += [_kid_cell(realism["kid"][n].get(cond)) for n in names]
         lines.append(f"| {cond} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -132,7 +139,9 @@ def _realism_lines(
         f"({realism['speakers']['s1']} | {realism['speakers']['s2']} speakers, n = "
         f"{realism['n']} faces a set): **model** = generated faces, **reconstruction** = the "
         "face autoencoder's reconstructions of true faces, **floor** = true faces. Two-sample "
-        "accuracy: a cross-validated linear classifier on pixels, `value [95 % Wilson CI]`. "
+        "accuracy: a cross-validated linear classifier on pixels, `value [95 % Wilson CI]`; "
+        "on fine detail: the same on each face minus its box blur (edges, eyes, glasses frames "
+        "without colours and layout: blurred faces are told apart here). "
         "KID (`mean ± std` over subsets, where there are several): "
         + realism["convention"]["kid"]
         + ".",

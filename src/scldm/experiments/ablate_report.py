@@ -28,6 +28,8 @@ COLUMNS = (
     ("age_mae", "age MAE (years) ↓", "attributes", "age_mae", 1, 1.0),
     # how well a linear classifier tells the faces from true ones: 0.5 = indistinguishable
     ("two_sample_acc", "two-sample acc ↓", "realism", "two_sample", 3, 1.0),
+    # the same on the faces' fine detail (each face minus its blur): blurred faces are found
+    ("two_sample_detail_acc", "two-sample acc, detail ↓", "realism", "two_sample_detail", 3, 1.0),
 )
 SWEEP_PANELS = ("cos_x100", "gender_acc_pct", "age_within10_pct")
 

@@ -30,7 +30,7 @@ ZERO = 1e-9  # an interval end within this of 0 does not exclude 0 (float noise 
 
 @dataclass(frozen=True)
 class Column:
-    key: str  # "features/NET/METRIC", "attributes/EST/METRIC" or "realism/two_sample"
+    key: str  # "features/NET/METRIC", "attributes/EST/METRIC" or "realism/two_sample[_detail]"
     header: str
     short: str  # the CSV's column name
     digits: int = 2
@@ -68,7 +68,11 @@ def main_columns(net: str | None, est: str | None, tolerance: float) -> list[Col
     cols += attribute_columns(est, tolerance) if est else []
     if net:
         cols.append(Column(f"features/{net}/diversity", "diversity", "diversity"))
-    return [*cols, Column("realism/two_sample", "two-sample acc ↓", "two_sample", 3)]
+    return [
+        *cols,
+        Column("realism/two_sample", "two-sample acc ↓", "two_sample", 3),
+        Column("realism/two_sample_detail", "two-sample acc, detail ↓", "two_sample_detail", 3),
+    ]
 
 
 def face_only_columns(metrics: Mapping[str, Any], est: str | None) -> list[Column]:
@@ -92,8 +96,8 @@ Cell = dict[str, Any] | None  # {"value": float, "ci": [low, high] | None}
 
 def metric_cell(metrics: Mapping[str, Any], key: str, cond: str) -> Cell:
     """The summary of `key` for condition `cond` (model, floor, chance) in a metrics.json."""
-    if key == "realism/two_sample":
-        test = (metrics.get("realism") or {}).get("two_sample", {}).get(cond)
+    if key.startswith("realism/"):  # a two-sample test: its accuracy
+        test = (metrics.get("realism") or {}).get(key.removeprefix("realism/"), {}).get(cond)
         return None if not test else {"value": test["accuracy"], "ci": test["ci"]}
     kind, name, metric = key.split("/", 2)
     m = ((metrics.get(kind) or {}).get(name) or {}).get(cond) or {}
