@@ -82,10 +82,10 @@ def score_realism(
     settings: EvalSettings,
 ) -> dict[str, Any]:
     """The two-sample tests (on pixels, and on their fine detail) and KID (on each feature
-    network) of the generated
-    faces, the reconstructions (when `faces.images` holds "reconstruction", one row per
-    `distinct_faces(clips)`) and the floor, each against the true faces of the other half of
-    the speakers. A statistic is None where a set has fewer than 2 faces."""
+    network) of the generated faces, the reconstructions (when `faces.images` holds
+    "reconstruction", one row per `distinct_faces(clips)`) and the floor, each against the true
+    faces of the other half of the speakers. A statistic is None where a set has fewer than 2
+    faces."""
     s1, s2 = speaker_halves([c.speaker for c in clips], seed=settings.seed)
     originals = distinct_faces(clips)
     true = faces.images["true"][[c.index for c in originals]]  # (U, 3, H, W)

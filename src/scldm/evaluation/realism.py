@@ -205,9 +205,9 @@ def two_sample_test(
 
     The larger set is subsampled to the size n of the smaller (balanced classes), the 2n images
     are flattened (after an antialiased resize to `size` px when given, and with `detail` only
-    their `fine_detail` at that box-blur width) and split into `folds`
-    stratified folds (seeded), grouped when group ids are given: all images of a group (a
-    speaker) in one fold, so that no classifier is tested on a person it was trained on. A
+    their `fine_detail` at that box-blur width) and split into `folds` stratified folds
+    (seeded), grouped when group ids are given: all images of a group (a speaker) in one fold,
+    so that no classifier is tested on a person it was trained on. A
     ridge classifier (`alpha`, on features standardised on the training folds) predicts each
     held-out image once. Returns {"accuracy": held-out accuracy, "ci": Wilson interval over the
     2n held-out predictions, "n": n per set, "folds", "alpha", "size", "detail"}; None when a
