@@ -75,7 +75,9 @@ def test_ablate_writes_table4_sweep_grids_and_report(ablation):
         "*chance*",
     ]
     assert "oracle cos ×100" in lines[0] and "R@1" in lines[0] and "age MAE" in lines[0]
-    assert all(" [" in cell for cell in lines[2].split("|")[2:-2])  # "value [CI]"
+    # "value [CI]" in every column but the two-sample tests (n/a where the tiny split is short)
+    heads, cells = lines[0].split("|")[2:-1], lines[2].split("|")[2:-1]
+    assert all(" [" in c for h, c in zip(heads, cells, strict=True) if "two-sample" not in h)
     with open(out / "table4.csv") as f:
         t4 = list(csv.DictReader(f))
     assert [r["row"] for r in t4] == ["base", "+CP", "+CP+PN", "true-face floor", "chance"]
