@@ -61,8 +61,12 @@ def measure(args: argparse.Namespace, mode: str) -> dict:
     cfg = load_config(DiffusionStageConfig, args.config, stage="train")
     torch.manual_seed(cfg.train.seed)
     encoders = load_encoders(args.encoders)
-    unet = build_unet(cfg.unet).to(device).train()
-    latent_shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    # the latents' channels and side come from stage 1, as `scldm train` fills them in
+    face = encoders.face_encoder
+    c, side = face.config.latent_channels, encoders.image_size // face.downsampling
+    unet_cfg = {**cfg.unet, "sample_size": side, "in_channels": c, "out_channels": c}
+    unet = build_unet(unet_cfg).to(device).train()
+    latent_shape = (c, side, side)
     if (prior_folder(encoders) / PRIOR_FILE).is_file():
         report = load_prior(prior_folder(encoders))
         prior, scale = report.prior, report.scale
