@@ -222,15 +222,6 @@ def table(args: argparse.Namespace, rows: list[dict], scale: float | None, load:
     return "\n".join(lines) + "\n"
 
 
-def pipeline_sampling(model: Path):
-    """The pipeline folder's sampling config (`SamplingConfig`'s defaults for folders saved
-    before it had one)."""
-    from scldm.config import SamplingConfig
-
-    saved = json.loads((model / "model_index.json").read_text()).get("sampling") or {}
-    return SamplingConfig(**saved)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -280,7 +271,9 @@ def main() -> None:
         parser.error(f"unknown scheduler {unknown[0]!r}; known: {', '.join(SCHEDULERS)}")
     if not (args.model / "model_index.json").is_file():
         parser.error(f"{args.model} is not a pipeline folder (no model_index.json)")
-    saved = pipeline_sampling(args.model)
+    from scldm.diffusion.pipeline import SpeechToFacePipeline
+
+    saved = SpeechToFacePipeline.from_pretrained(args.model).sampling  # its saved defaults
     if args.guidance is None:
         args.guidance = saved.guidance_scale
     if args.temperature is None:
