@@ -49,7 +49,7 @@ def measure(args: argparse.Namespace, mode: str) -> dict:
     from scldm.diffusion.objective import diffusion_loss
     from scldm.diffusion.prior import PRIOR_FILE, load_prior
     from scldm.diffusion.unet import build_unet
-    from scldm.training.diffusion import EpochSampler
+    from scldm.training.diffusion import EpochSampler, unet_config_for
     from scldm.training.latents import build_cache, load_encoders, prior_folder
     from scldm.training.loop import batch_stream
 
@@ -61,12 +61,10 @@ def measure(args: argparse.Namespace, mode: str) -> dict:
     cfg = load_config(DiffusionStageConfig, args.config, stage="train")
     torch.manual_seed(cfg.train.seed)
     encoders = load_encoders(args.encoders)
-    # the latents' channels and side come from stage 1, as `scldm train` fills them in
     face = encoders.face_encoder
-    c, side = face.config.latent_channels, encoders.image_size // face.downsampling
-    unet_cfg = {**cfg.unet, "sample_size": side, "in_channels": c, "out_channels": c}
-    unet = build_unet(unet_cfg).to(device).train()
-    latent_shape = (c, side, side)
+    side = encoders.image_size // face.downsampling
+    latent_shape = (face.config.latent_channels, side, side)
+    unet = build_unet(unet_config_for(cfg.unet, latent_shape)).to(device).train()
     if (prior_folder(encoders) / PRIOR_FILE).is_file():
         report = load_prior(prior_folder(encoders))
         prior, scale = report.prior, report.scale

@@ -94,6 +94,7 @@ def _scldm_shapes(enc, cfg) -> tuple[tuple[int, ...], tuple[int, int], dict]:
     from scldm.models import FaceEncoder, SpeechEncoder
     from scldm.models.face_encoder import FACE_ENCODER_PRESETS
     from scldm.models.speech_encoder import SPEECH_ENCODER_PRESETS
+    from scldm.training.diffusion import unet_config_for
 
     with torch.device("meta"):
         face = FaceEncoder(**component_kwargs(enc.face_encoder, FACE_ENCODER_PRESETS, "face"))
@@ -102,7 +103,7 @@ def _scldm_shapes(enc, cfg) -> tuple[tuple[int, ...], tuple[int, int], dict]:
         )
     frames = SpectrogramFrontend(**enc.frontend).num_frames
     c, side = face.config.latent_channels, enc.data.image_size // face.downsampling
-    unet = {**cfg.unet, "sample_size": side, "in_channels": c, "out_channels": c}
+    unet = unet_config_for(cfg.unet, (c, side, side))
     return (c, side, side), (speech.num_tokens(frames), speech.config.token_dim), unet
 
 

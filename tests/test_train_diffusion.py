@@ -201,14 +201,14 @@ def test_seeded_runs_agree_whether_the_cache_was_built_or_read(tiny_stage1, tmp_
 
 
 def test_the_unet_takes_its_latent_shape_from_stage_1():
-    from scldm.training.diffusion import _unet_for
+    from scldm.training.diffusion import unet_config_for
 
-    filled = _unet_for({"preset": "small"}, (4, 16, 16))
+    filled = unet_config_for({"preset": "small"}, (4, 16, 16))
     assert filled == {"preset": "small", "sample_size": 16, "in_channels": 4, "out_channels": 4}
     with pytest.raises(
         InputError, match=r"unet.sample_size is 8 but the stage-1 latents are 4×16×16"
     ):
-        _unet_for({"preset": "small", "sample_size": 8}, (4, 16, 16))
+        unet_config_for({"preset": "small", "sample_size": 8}, (4, 16, 16))
 
 
 def test_two_processes_equal_one_process_with_the_same_global_batch(tiny_stage1, tmp_path):

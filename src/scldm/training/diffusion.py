@@ -144,7 +144,7 @@ def sample_grid(
 # --- Training --------------------------------------------------------------------------------
 
 
-def _unet_for(unet: Mapping[str, Any], latent_shape: tuple[int, ...]) -> dict[str, Any]:
+def unet_config_for(unet: Mapping[str, Any], latent_shape: tuple[int, ...]) -> dict[str, Any]:
     """The UNet config with the latent shape of the stage-1 encoders filled in (channels and
     side come from stage 1, not the preset); a value the config gives explicitly must agree."""
     channels, side = latent_shape[0], latent_shape[-1]
@@ -209,7 +209,7 @@ def train(
         collate_fn=as_batch,
     )
     set_seed(cfg.train.seed)  # the same draws whether this run built the caches or read them
-    unet = build_unet(_unet_for(cfg.unet, tuple(cache.latents.shape[1:])))
+    unet = build_unet(unet_config_for(cfg.unet, tuple(cache.latents.shape[1:])))
     noise_scheduler = DDPMScheduler(**cfg.scheduler)
     optimizer = torch.optim.AdamW(
         unet.parameters(),
