@@ -32,15 +32,15 @@ NOTES_MARKER = "<!-- notes: kept when the table above is regenerated -->"
 def measure(preset: str, batch_size: int, steps: int, device: str, bf16: bool) -> dict:
     import torch
 
-    from scldm.audio import SpectrogramFrontend
     from scldm.config import EncoderStageConfig, load_config
     from scldm.losses import encoder_stage_loss
     from scldm.training.encoders import build_model
 
     torch.manual_seed(0)
     cfg = load_config(EncoderStageConfig, preset, stage="pretrain")
-    model = build_model(cfg).to(device, memory_format=torch.channels_last)  # as training does
-    frontend = SpectrogramFrontend(**cfg.frontend).to(device)
+    frontend, model = build_model(cfg)
+    model = model.to(device, memory_format=torch.channels_last)  # as training does
+    frontend = frontend.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as training
     size = cfg.data.image_size
     audio_s = cfg.train_crop_seconds or frontend.config.segment_seconds  # what a step sees

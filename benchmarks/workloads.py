@@ -112,15 +112,14 @@ def scldm_stage1(preset: str, batch: int, device: torch.device, bf16: bool, opti
     encoder, the faces through the face encoder, the decoder on ceil(recon_fraction · B) of
     them, the contrastive + reconstruction loss (+ LPIPS, + the PatchGAN's terms and its own
     update where the preset turns them on, the PatchGAN past its start_step)."""
-    from scldm.audio import SpectrogramFrontend
     from scldm.losses import encoder_stage_loss
     from scldm.training.adversarial import Adversary
     from scldm.training.encoders import build_model, make_optimizer
 
     cfg, _ = _scldm_configs(preset)
     with device:
-        model = build_model(cfg).to(memory_format=torch.channels_last)  # as training does
-        frontend = SpectrogramFrontend(**cfg.frontend)
+        frontend, model = build_model(cfg)
+        model = model.to(memory_format=torch.channels_last)  # as training does
     seconds = cfg.train_crop_seconds or frontend.config.segment_seconds
     wave = torch.randn(batch, round(seconds * frontend.config.sample_rate), device=device) * 0.1
     size = cfg.data.image_size
