@@ -5,9 +5,11 @@
 
 Loads the training faces and their cached latents as `scldm train` does (`unique_faces`, the
 cache built now if the stage-1 run has none), then times `--steps` steps of `refine` after 3
-warm-up steps. Reports s/step, the projected time of the preset's `decoder.steps`, the faces held
-in memory and the process's peak memory (max RSS on CPU, `max_memory_allocated` on a GPU).
-Writes benchmarks/results/decoder_refine_<device>.md.
+warm-up steps, once per precision (`decoder.precision`: float32, and bfloat16 autocast where the
+device runs it natively, which the presets' "auto" then takes). Reports s/step, the projected
+time of the preset's `decoder.steps`, the faces held in memory and the process's peak memory
+(max RSS on CPU, `max_memory_allocated` on a GPU). Writes
+benchmarks/results/decoder_refine_<device>.md.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def main() -> None:
     import torch
 
     from scldm.config import DiffusionStageConfig, load_config
-    from scldm.training.decoder import refine, unique_faces
+    from scldm.training.decoder import refine, unique_faces, use_bf16
     from scldm.training.latents import build_cache, load_encoders
 
     cfg = load_config(DiffusionStageConfig, args.config, stage="train")
@@ -49,8 +51,8 @@ def main() -> None:
     load_s = time.perf_counter() - tick
     cuda = args.device.startswith("cuda")
 
-    def run(steps: int) -> float:
-        settings = dataclasses.replace(cfg.decoder, steps=steps)
+    def run(steps: int, precision: str) -> float:
+        settings = dataclasses.replace(cfg.decoder, steps=steps, precision=precision)
         if cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -59,8 +61,11 @@ def main() -> None:
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    run(3)  # warm-up
-    per_step = run(args.steps) / args.steps
+    precisions = ["no"] + (["bf16"] if use_bf16("auto", torch.device(args.device)) else [])
+    per_step = {}
+    for precision in precisions:
+        run(3, precision)  # warm-up
+        per_step[precision] = run(args.steps, precision) / args.steps
     peak = (
         torch.cuda.max_memory_allocated() / 2**20
         if cuda
@@ -68,6 +73,13 @@ def main() -> None:
     )
     preset_steps = cfg.decoder.steps
     device = "cuda" if cuda else "cpu"
+    auto = "bf16" if use_bf16(cfg.decoder.precision, torch.device(args.device)) else "no"
+    name = {"no": "float32", "bf16": "bfloat16 autocast"}
+    rows = [
+        f"| {name[k]}{' (the preset)' if k == auto else ''} | {t:.3f} "
+        f"| {cfg.decoder.batch_size / t:.1f} | {t * preset_steps / 60:.1f} min |"
+        for k, t in per_step.items()
+    ]
     text = "\n".join(
         [
             f"# Stage-2 face-decoder refinement ({device})",
@@ -79,12 +91,12 @@ def main() -> None:
             f"{encoders.image_size} px from `{args.data}`; {args.steps} timed steps after 3 "
             "warm-up steps.",
             "",
-            "| s/step | samples/s | preset's steps | projected time | faces in memory "
-            "| loading them | peak memory |",
-            "|---:|---:|---:|---:|---:|---:|---:|",
-            f"| {per_step:.3f} | {cfg.decoder.batch_size / per_step:.1f} | {preset_steps} "
-            f"| {per_step * preset_steps / 60:.1f} min | "
-            f"{faces.numel() / 2**20:.0f} MiB (uint8) | {load_s:.1f} s | {peak:.0f} MiB |",
+            f"| precision | s/step | samples/s | projected time of {preset_steps} steps |",
+            "|---|---:|---:|---:|",
+            *rows,
+            "",
+            f"Faces in memory {faces.numel() / 2**20:.0f} MiB (uint8), loaded in {load_s:.1f} s; "
+            f"peak memory {peak:.0f} MiB.",
             "",
             "The refined decoder is saved in the stage-1 run's cache and reused: later stage-2 "
             "runs with the same stage 1 and settings pay none of this.",

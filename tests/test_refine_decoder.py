@@ -13,7 +13,13 @@ from scldm.config import DecoderRefineConfig, DiffusionStageConfig, load_config
 from scldm.data.manifest import read_manifest
 from scldm.errors import InputError
 from scldm.faces import load_face_tensor
-from scldm.training.decoder import refine, refine_key, refined_decoder, unique_faces
+from scldm.training.decoder import (
+    refine,
+    refine_key,
+    refined_decoder,
+    unique_faces,
+    use_bf16,
+)
 from scldm.training.latents import build_cache, load_encoders
 
 
@@ -109,6 +115,32 @@ def test_refine_against_a_patchgan_is_deterministic_and_keyed_apart(setup, monke
     assert refine_key(encoders, cache, cfg) != refine_key(encoders, cache, plain)
 
 
+def test_refine_in_bfloat16_learns_close_to_float32_and_is_keyed_apart(setup, monkeypatch):
+    """`precision: bf16` autocasts the decoder (weights stay float32): it learns as float32
+    does, within bfloat16's rounding, is deterministic, and keys its cache apart; "auto" takes
+    float32 on a CPU without native bfloat16, so its key is float32's there."""
+    data, encoders, cache = setup
+    latents, faces = unique_faces(cache, data, encoders.image_size)
+    fp32 = DecoderRefineConfig(steps=40, lr=1e-2, batch_size=16, precision="no")
+    bf16 = dataclasses.replace(fp32, precision="bf16")
+    a = refine(encoders.face_decoder, latents, faces, bf16, progress=False)
+    b = refine(encoders.face_decoder, latents, faces, bf16, progress=False)
+    c = refine(encoders.face_decoder, latents, faces, fp32, progress=False)
+    before = _l1(encoders.face_decoder, latents, faces)
+    assert _l1(a, latents, faces) < 0.9 * before
+    assert abs(_l1(a, latents, faces) - _l1(c, latents, faces)) < 0.05 * before
+    assert all(v.dtype == c.state_dict()[k].dtype for k, v in a.state_dict().items())
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+        assert v.is_contiguous(), k  # saved as safetensors
+    assert any(not torch.equal(v, c.state_dict()[k]) for k, v in a.state_dict().items())
+    assert refine_key(encoders, cache, fp32) != refine_key(encoders, cache, fp32, bf16=True)
+    cpu = torch.device("cpu")
+    assert use_bf16("bf16", cpu) and not use_bf16("no", cpu)
+    monkeypatch.setattr("scldm.training.decoder.cpu_has_bf16", lambda: False)
+    assert not use_bf16("auto", cpu)
+
+
 def test_refined_decoder_is_saved_once_and_keyed_by_settings(setup):
     data, encoders, cache = setup
     with pytest.raises(InputError, match="decoder: steps"):
@@ -123,11 +155,12 @@ def test_refined_decoder_is_saved_once_and_keyed_by_settings(setup):
     existing = cached()  # the fixture is shared: other tests may have refined already
     first = refined_decoder(encoders, cache, cfg, data, val)
     folders = sorted(cached() - existing)
-    assert folders == [
-        encoders.path.parent / "cache" / f"decoder-{refine_key(encoders, cache, cfg)}"
-    ]
+    bf16 = use_bf16(cfg.precision, torch.device("cpu"))  # "auto": this CPU's choice
+    key = refine_key(encoders, cache, cfg, bf16=bf16)
+    assert folders == [encoders.path.parent / "cache" / f"decoder-{key}"]
     info = json.loads((folders[0] / "refine.json").read_text())
     assert info["steps"] == 3 and {"val_psnr_before", "val_psnr_after"} <= info.keys()
+    assert info["precision"] == ("bf16" if bf16 else "float32")
     stamp = (folders[0] / "refine.json").stat().st_mtime_ns
     again = refined_decoder(encoders, cache, cfg, data, val)
     assert (folders[0] / "refine.json").stat().st_mtime_ns == stamp  # read, not retrained

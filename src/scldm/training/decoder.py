@@ -71,8 +71,12 @@ def refine(
     """A copy of `decoder` trained `cfg.steps` steps to map `latents` to `faces` (uint8; L1 or,
     with `cfg.loss` "mse", the squared error in [-1, 1], random batches of `cfg.batch_size`
     drawn from a seeded generator; with `cfg.adversarial`, against a PatchGAN from its
-    `start_step` on, as stage 1 trains it), returned on the CPU in eval mode."""
-    decoder = copy.deepcopy(decoder).float().to(device).train().requires_grad_(True)
+    `start_step` on, as stage 1 trains it; in channels-last layout, autocast to bfloat16 when
+    `cfg.precision` asks for it), returned on the CPU in eval mode."""
+    device = torch.device(device)
+    bf16 = use_bf16(cfg.precision, device)
+    decoder = copy.deepcopy(decoder).float().to(device, memory_format=torch.channels_last)
+    decoder.train().requires_grad_(True)
     adversary = None
     if cfg.adversarial.enabled:  # seeded, and leaving the global RNG as it was
         with torch.random.fork_rng(devices=[]):
@@ -89,7 +93,9 @@ def refine(
     for step in bar:
         idx = torch.randint(len(latents), (min(cfg.batch_size, len(latents)),), generator=g)
         target = faces[idx].to(device).float() / 127.5 - 1
-        reconstruction = decoder(latents[idx].to(device))
+        z = latents[idx].to(device, memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            reconstruction = decoder(z).float()
         rec = LOSSES[cfg.loss](reconstruction, target)
         loss, adversarial = rec, adversary is not None and adversary.active(step)
         if adversarial:
@@ -104,11 +110,34 @@ def refine(
             adversary.discriminator_step(target, reconstruction, factor, grad_clip=1.0)
         if step % 25 == 0:
             bar.set_postfix({cfg.loss: f"{rec.item():.4f}"})
-    return decoder.cpu().eval().requires_grad_(False)
+    decoder = decoder.cpu().to(memory_format=torch.contiguous_format)  # safetensors wants it
+    return decoder.eval().requires_grad_(False)
 
 
-def refine_key(encoders: Encoders, cache: LatentCache, cfg: DecoderRefineConfig) -> str:
-    """16 hex digits over the stage-1 decoder, the training cache and the settings."""
+def use_bf16(precision: str, device: torch.device) -> bool:
+    """Whether `precision` ("auto", "no" or "bf16") autocasts to bfloat16 on `device`: "auto"
+    does where bfloat16 runs natively (a CUDA GPU that supports it; a CPU with AVX-512 BF16 or
+    AMX, where the decoder's step is 1.6 times faster than in float32, instead of
+    emulated and slower)."""
+    if precision != "auto":
+        return precision == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_bf16()
+
+
+def cpu_has_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 natively on this CPU (AVX-512 BF16 or AMX)."""
+    return bool(
+        torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
+
+
+def refine_key(
+    encoders: Encoders, cache: LatentCache, cfg: DecoderRefineConfig, *, bf16: bool = False
+) -> str:
+    """16 hex digits over the stage-1 decoder, the training cache, the settings and whether the
+    refinement runs in bfloat16 (`cfg.precision` as `use_bf16` resolves it on the device)."""
     h = hashlib.sha256()
     digest_parts(encoders, ("face_decoder",), h)
     h.update(f"{cache.path.name}|{cfg.steps}|{cfg.lr}|{cfg.batch_size}".encode())
@@ -116,6 +145,8 @@ def refine_key(encoders: Encoders, cache: LatentCache, cfg: DecoderRefineConfig)
         h.update(repr(cfg.adversarial).encode())
     if cfg.loss != "l1":  # so do L1 ones
         h.update(f"|{cfg.loss}".encode())
+    if bf16:  # and float32 ones, those from before the precision setting
+        h.update(b"|bf16")
     return h.hexdigest()[:16]
 
 
@@ -135,7 +166,8 @@ def refined_decoder(
         raise InputError(None, f"decoder: steps ≥ 0, batch_size ≥ 1 and lr > 0 needed, got {cfg}")
     if cfg.steps == 0:
         return encoders.face_decoder
-    path = encoders.path.parent / "cache" / f"decoder-{refine_key(encoders, cache, cfg)}"
+    bf16 = use_bf16(cfg.precision, torch.device(device))
+    path = encoders.path.parent / "cache" / f"decoder-{refine_key(encoders, cache, cfg, bf16=bf16)}"
     if (path / "refine.json").is_file():
         log.info("reusing the refined face decoder %s", path)
         return FaceDecoder.from_pretrained(path).eval().requires_grad_(False)
@@ -147,6 +179,7 @@ def refined_decoder(
         "lr": cfg.lr,
         "batch_size": cfg.batch_size,
         "loss": cfg.loss,
+        "precision": "bf16" if bf16 else "float32",
         "faces": len(faces),
     }
     if cfg.adversarial.enabled:
