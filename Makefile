@@ -60,9 +60,10 @@ lint: install
 # The main job end to end on SynthVox: data, its oracle, stage 1, the face prior, stage 2 and
 # faces for held-out voices. Stage 1's steps are cut to fit a laptop; stage 2 runs small-real's
 # own (1,600 v-prediction UNet steps on 4 × 16 × 16 latents, ~5 min;
-# docs/notes/2026-12-01-v-prediction-demo.md). Stage 2 first refines the face decoder (small's
-# 600 steps, ~3 min): on the demo's validation voices its faces are harder to tell from true
-# ones and read gender better (docs/notes/2026-12-01-decoder-luma-and-the-demo.md).
+# docs/notes/2026-12-01-v-prediction-demo.md). Stage 2 first refines the face decoder (1,600
+# steps, ~5 min; in bfloat16 where the CPU runs it natively): on the demo's validation voices
+# its faces are harder to tell from true ones and read gender better
+# (docs/notes/2026-12-01-decoder-luma-and-the-demo.md, docs/notes/2026-12-02-decoder-bf16.md).
 DEMO ?= runs/demo
 demo: install
 	$(VENV)/bin/scldm prepare synthvox --out $(DEMO)/data --speakers 600 --image-size 64 --workers 2
