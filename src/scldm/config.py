@@ -227,7 +227,7 @@ class DecoderRefineConfig:
     refinement steps). `precision`: "bf16" autocasts the decoder's forward and backward to
     bfloat16 (weights and optimiser stay float32), "no" keeps float32, "auto" takes bf16 where
     the device runs it natively (a GPU, or a CPU with AVX-512 BF16 or AMX) and float32
-    elsewhere: 1.6 times faster on such a CPU (benchmarks/results/decoder_refine_cpu.md)."""
+    elsewhere (the speed of each: benchmarks/results/decoder_refine_cpu.md)."""
 
     steps: int = 0
     lr: float = 1e-3

@@ -117,8 +117,8 @@ def refine(
 def use_bf16(precision: str, device: torch.device) -> bool:
     """Whether `precision` ("auto", "no" or "bf16") autocasts to bfloat16 on `device`: "auto"
     does where bfloat16 runs natively (a CUDA GPU that supports it; a CPU with AVX-512 BF16 or
-    AMX, where the decoder's step is 1.6 times faster than in float32, instead of
-    emulated and slower)."""
+    AMX), and not where it would be emulated, which is slower than float32
+    (benchmarks/results/decoder_refine_cpu.md)."""
     if precision != "auto":
         return precision == "bf16"
     if device.type == "cuda":
