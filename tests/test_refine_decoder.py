@@ -14,6 +14,7 @@ from scldm.data.manifest import read_manifest
 from scldm.errors import InputError
 from scldm.faces import load_face_tensor
 from scldm.training.decoder import (
+    new_decoder,
     refine,
     refine_key,
     refined_decoder,
@@ -172,3 +173,60 @@ def test_refined_decoder_is_saved_once_and_keyed_by_settings(setup):
     assert (
         encoders.path / "face_decoder" / "diffusion_pytorch_model.safetensors"
     ).read_bytes() == exported
+
+
+def test_a_new_decoder_of_another_architecture_learns_and_is_keyed_apart(setup):
+    """`decoder.model` trains a new decoder from scratch on the frozen latents instead of
+    refining stage 1's: it has the widths asked for and stage 1's latent channels and face size,
+    its start is seeded, it learns, its cache is keyed apart and loads back with its
+    architecture, and refine.json says what it is."""
+    data, encoders, cache = setup
+    stage1 = encoders.face_decoder
+    wide = [w if w == "M" else 2 * w for w in stage1.config.widths]
+    cfg = DecoderRefineConfig(steps=40, lr=1e-2, batch_size=16, model={"widths": wide})
+    start = new_decoder(stage1, cfg.model)
+    assert list(start.config.widths) == wide
+    for k in ("latent_channels", "image_size", "res_blocks", "position_bias"):
+        assert start.config[k] == stage1.config[k], k
+    again = new_decoder(stage1, cfg.model)
+    for k, v in start.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k
+    latents, faces = unique_faces(cache, data, encoders.image_size)
+    trained = refine(start, latents, faces, cfg, progress=False)
+    assert _l1(trained, latents, faces) < 0.9 * _l1(start, latents, faces)
+    plain = dataclasses.replace(cfg, model={})
+    assert refine_key(encoders, cache, cfg) != refine_key(encoders, cache, plain)
+    narrow = dataclasses.replace(cfg, model={"widths": list(stage1.config.widths)})
+    assert refine_key(encoders, cache, narrow) != refine_key(encoders, cache, cfg)
+
+    small = dataclasses.replace(cfg, steps=3, batch_size=8)
+    shipped = refined_decoder(encoders, cache, small, data)
+    bf16 = use_bf16(small.precision, torch.device("cpu"))
+    key = refine_key(encoders, cache, small, bf16=bf16)
+    folder = encoders.path.parent / "cache" / f"decoder-{key}"
+    info = json.loads((folder / "refine.json").read_text())
+    assert info["widths"] == wide and info["parameters"] == sum(
+        p.numel() for p in shipped.parameters()
+    )
+    reread = refined_decoder(encoders, cache, small, data)
+    assert list(reread.config.widths) == wide
+    for k, v in shipped.state_dict().items():
+        assert torch.equal(v, reread.state_dict()[k]), k
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ({"latent_channels": 3}, "decoder.model.latent_channels: 3 does not fit"),
+        ({"widths": [8, "M"]}, "widths: .* upsample 1 times, stage 1's latents need 2"),
+        ({"preset": "huge"}, "decoder.model.preset: unknown 'huge'"),
+        ({"width": 8}, "decoder.model: .*width"),
+    ],
+)
+def test_a_new_decoder_that_cannot_fit_is_refused_in_one_line(setup, model, message):
+    data, encoders, cache = setup
+    cfg = DecoderRefineConfig(steps=3, model=model)
+    with pytest.raises(InputError, match=message):
+        refined_decoder(encoders, cache, cfg, data)
+    with pytest.raises(InputError, match="decoder.model: a new decoder needs decoder.steps"):
+        refined_decoder(encoders, cache, dataclasses.replace(cfg, steps=0), data)

@@ -44,6 +44,16 @@ FACE_DECODER_PRESETS: dict[str, dict] = {
         "image_size": 64,
         "position_bias": True,
     },
+    # small_h4 at twice the widths (3.4 times the parameters): too costly to train inside stage 1
+    # on small's budget, but the new decoder stage 2 can train on the frozen latents
+    # (`decoder.model`), where it draws more of the fine detail than small_h4 refined as long
+    # (docs/notes/2026-12-02-wide-decoder.md)
+    "small_h4_wide": {
+        "widths": (48, 48, POOL, 96, 96, POOL),
+        "batch_norm": True,
+        "image_size": 64,
+        "position_bias": True,
+    },
     "base": {},
 }
 

@@ -7,6 +7,10 @@ latents are fixed, so the decoder can keep training alone on (latent, face) pair
 its autoencoder to convergence first. The latents, the latent cache and the prior stay as they
 are; only the decoder that ships in the pipeline changes.
 
+With `decoder.model` set, the refinement starts instead from a new decoder of another
+architecture (a wider one: stage 1 trains its decoder beside the encoders on a shared budget, but
+nothing ties the decoder that ships to that size), trained from scratch on the same latents.
+
 A refined decoder lives in `<stage-1 run>/cache/decoder-<key>/`; the key hashes the stage-1
 decoder, the training cache and the settings, so every later stage-2 run with the same
 settings reuses it.
@@ -22,17 +26,21 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from scldm.config import DecoderRefineConfig, OptimConfig
+from scldm.config import DecoderRefineConfig, OptimConfig, component_kwargs
 from scldm.errors import InputError
 from scldm.evaluation.metrics import psnr
 from scldm.faces import load_face_tensor
 from scldm.models import FaceDecoder
+from scldm.models.blocks import POOL
+from scldm.models.face_decoder import FACE_DECODER_PRESETS
 from scldm.optim import lr_at, set_lr
 from scldm.training.adversarial import Adversary
 from scldm.training.latents import Encoders, LatentCache, digest_parts
@@ -41,6 +49,9 @@ log = logging.getLogger("scldm.train")
 VAL_FACES = 256  # validation faces decoded for refine.json's PSNR, in one batch
 # the refinement's pixel losses in [-1, 1] (`decoder.loss`, whose values the config checks)
 LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss}
+# what a new decoder (`decoder.model`) always takes from stage 1's: the latents it reads, the faces
+# it draws and the latent scale stage 2 writes
+FROM_STAGE1 = ("latent_channels", "image_size", "scaling_factor")
 
 
 def unique_faces(cache: LatentCache, root: str | Path, image_size: int):
@@ -114,6 +125,41 @@ def refine(
     return decoder.eval().requires_grad_(False)
 
 
+def decoder_model_kwargs(stage1: FaceDecoder, model: Mapping[str, Any]) -> dict:
+    """The constructor kwargs of the new decoder `model` asks for (`decoder.model`): stage 1's
+    decoder config with the mapping's keys replaced (`preset: NAME` names a FACE_DECODER_PRESETS
+    entry); `FROM_STAGE1` stays stage 1's, and a mapping that sets it otherwise, or whose widths
+    pool a different number of times (faces of another size), is refused in one line."""
+    kwargs = {k: v for k, v in stage1.config.items() if not k.startswith("_")}
+    for k in FROM_STAGE1:
+        if k in model and model[k] != kwargs[k]:
+            raise InputError(
+                None, f"decoder.model.{k}: {model[k]!r} does not fit stage 1's {kwargs[k]!r}"
+            )
+    new = component_kwargs(model, FACE_DECODER_PRESETS, "decoder.model")
+    kwargs.update({k: v for k, v in new.items() if k not in FROM_STAGE1})
+    pools = [sum(w == POOL for w in d["widths"]) for d in (stage1.config, kwargs)]
+    if pools[0] != pools[1]:
+        raise InputError(
+            None,
+            f"decoder.model.widths: {list(kwargs['widths'])} upsample {pools[1]} times, stage 1's "
+            f"latents need {pools[0]}",
+        )
+    return kwargs
+
+
+def new_decoder(stage1: FaceDecoder, model: Mapping[str, Any], seed: int = 0) -> FaceDecoder:
+    """A freshly initialised decoder of the architecture `decoder_model_kwargs` gives (seeded,
+    leaving the global RNG as it was)."""
+    kwargs = decoder_model_kwargs(stage1, model)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return FaceDecoder(**kwargs)
+    except (TypeError, ValueError) as e:  # an unknown keyword or a bad widths tuple
+        raise InputError(None, f"decoder.model: {e}") from None
+
+
 def use_bf16(precision: str, device: torch.device) -> bool:
     """Whether `precision` ("auto", "no" or "bf16") autocasts to bfloat16 on `device`: "auto"
     does where bfloat16 runs natively (a CUDA GPU that supports it; a CPU with AVX-512 BF16 or
@@ -136,8 +182,9 @@ def cpu_has_bf16() -> bool:
 def refine_key(
     encoders: Encoders, cache: LatentCache, cfg: DecoderRefineConfig, *, bf16: bool = False
 ) -> str:
-    """16 hex digits over the stage-1 decoder, the training cache, the settings and whether the
-    refinement runs in bfloat16 (`cfg.precision` as `use_bf16` resolves it on the device)."""
+    """16 hex digits over the stage-1 decoder, the training cache, the settings (with
+    `decoder.model`, the new decoder's whole architecture) and whether the refinement runs in
+    bfloat16 (`cfg.precision` as `use_bf16` resolves it on the device)."""
     h = hashlib.sha256()
     digest_parts(encoders, ("face_decoder",), h)
     h.update(f"{cache.path.name}|{cfg.steps}|{cfg.lr}|{cfg.batch_size}".encode())
@@ -147,6 +194,9 @@ def refine_key(
         h.update(f"|{cfg.loss}".encode())
     if bf16:  # and float32 ones, those from before the precision setting
         h.update(b"|bf16")
+    if cfg.model:  # and those refining stage 1's decoder
+        kwargs = decoder_model_kwargs(encoders.face_decoder, cfg.model)
+        h.update(f"|model={json.dumps(kwargs, sort_keys=True, default=list)}".encode())
     return h.hexdigest()[:16]
 
 
@@ -159,21 +209,25 @@ def refined_decoder(
     device: torch.device | str = "cpu",
 ) -> FaceDecoder:
     """The decoder stage 2 ships: the stage-1 one when `cfg.steps` is 0, otherwise its
-    refinement on the training faces, read from the run's cache or made and saved there (with
-    refine.json: the settings, the time and the PSNR before and after on up to `VAL_FACES`
-    validation faces)."""
+    refinement on the training faces (or, with `cfg.model`, a new decoder of that architecture
+    trained on them from scratch), read from the run's cache or made and saved there (with
+    refine.json: the settings, the time and the PSNR of stage 1's decoder and of this one on up to
+    `VAL_FACES` validation faces)."""
     if cfg.steps < 0 or cfg.batch_size < 1 or cfg.lr <= 0:
         raise InputError(None, f"decoder: steps ≥ 0, batch_size ≥ 1 and lr > 0 needed, got {cfg}")
     if cfg.steps == 0:
+        if cfg.model:
+            raise InputError(None, "decoder.model: a new decoder needs decoder.steps > 0")
         return encoders.face_decoder
     bf16 = use_bf16(cfg.precision, torch.device(device))
     path = encoders.path.parent / "cache" / f"decoder-{refine_key(encoders, cache, cfg, bf16=bf16)}"
     if (path / "refine.json").is_file():
         log.info("reusing the refined face decoder %s", path)
         return FaceDecoder.from_pretrained(path).eval().requires_grad_(False)
+    start = new_decoder(encoders.face_decoder, cfg.model) if cfg.model else encoders.face_decoder
     latents, faces = unique_faces(cache, root, encoders.image_size)
     tick = time.perf_counter()
-    decoder = refine(encoders.face_decoder, latents, faces, cfg, device=device)
+    decoder = refine(start, latents, faces, cfg, device=device)
     info = {
         "steps": cfg.steps,
         "lr": cfg.lr,
@@ -184,6 +238,10 @@ def refined_decoder(
     }
     if cfg.adversarial.enabled:
         info["adversarial"] = dataclasses.asdict(cfg.adversarial)
+    if cfg.model:
+        info["model"] = dict(cfg.model)
+        info["widths"] = list(decoder.config.widths)
+    info["parameters"] = sum(p.numel() for p in decoder.parameters())
     info["seconds"] = round(time.perf_counter() - tick, 1)
     if val_cache is not None:
         z, x = unique_faces(val_cache, root, encoders.image_size)
