@@ -194,7 +194,7 @@ def test_a_new_decoder_of_another_architecture_learns_and_is_keyed_apart(setup):
     latents, faces = unique_faces(cache, data, encoders.image_size)
     trained = refine(start, latents, faces, cfg, progress=False)
     assert _l1(trained, latents, faces) < 0.9 * _l1(start, latents, faces)
-    plain = dataclasses.replace(cfg, model={})
+    plain = dataclasses.replace(cfg, model=None)
     assert refine_key(encoders, cache, cfg) != refine_key(encoders, cache, plain)
     narrow = dataclasses.replace(cfg, model={"widths": list(stage1.config.widths)})
     assert refine_key(encoders, cache, narrow) != refine_key(encoders, cache, cfg)

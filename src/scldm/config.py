@@ -227,11 +227,12 @@ class DecoderRefineConfig:
     refinement steps). `precision`: "bf16" autocasts the decoder's forward and backward to
     bfloat16 (weights and optimiser stay float32), "no" keeps float32, "auto" takes bf16 where
     the device runs it natively (a GPU, or a CPU with AVX-512 BF16 or AMX) and float32
-    elsewhere (the speed of each: benchmarks/results/decoder_refine_cpu.md). `model`: empty
-    refines stage 1's decoder; otherwise a new decoder is trained from scratch on the latents
-    instead, of stage 1's architecture with these constructor keys replaced (`preset: NAME`
-    names a FACE_DECODER_PRESETS entry, e.g. `small_h4_wide`; the latent channels, face size and
-    number of upsamplings stay stage 1's)."""
+    elsewhere (the speed of each: benchmarks/results/decoder_refine_cpu.md). `model`: None
+    (`null` in YAML, which also clears one a preset extends) refines stage 1's decoder;
+    otherwise a new decoder is trained from scratch on the latents instead, of stage 1's
+    architecture with these constructor keys replaced (`preset: NAME` names a
+    FACE_DECODER_PRESETS entry, e.g. `small_h4_wide`; the latent channels, face size and number
+    of upsamplings stay stage 1's)."""
 
     steps: int = 0
     lr: float = 1e-3
@@ -239,7 +240,7 @@ class DecoderRefineConfig:
     loss: Literal["l1", "mse"] = "l1"
     precision: Literal["auto", "no", "bf16"] = "auto"
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
-    model: Mapping[str, Any] = field(default_factory=dict)
+    model: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
