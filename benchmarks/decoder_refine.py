@@ -4,12 +4,12 @@
     python benchmarks/decoder_refine.py --encoders ... --data ... --config base --device cuda
 
 Loads the training faces and their cached latents as `scldm train` does (`unique_faces`, the
-cache built now if the stage-1 run has none), then times `--steps` steps of `refine` after 3
-warm-up steps, once per precision (`decoder.precision`: float32, and bfloat16 autocast where the
-device runs it natively, which the presets' "auto" then takes). Reports s/step, the projected
-time of the preset's `decoder.steps`, the faces held in memory and the process's peak memory
-(max RSS on CPU, `max_memory_allocated` on a GPU). Writes
-benchmarks/results/decoder_refine_<device>.md.
+cache built now if the stage-1 run has none), then times `--steps` steps of `refine` (of the
+new decoder the preset's `decoder.model` names, or of stage 1's) after 3 warm-up steps, once
+per precision (`decoder.precision`: float32, and bfloat16 autocast where the device runs it
+natively, which the presets' "auto" then takes). Reports s/step, the projected time of the
+preset's `decoder.steps`, the faces held in memory and the process's peak memory (max RSS on
+CPU, `max_memory_allocated` on a GPU). Writes benchmarks/results/decoder_refine_<device>.md.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def main() -> None:
     import torch
 
     from scldm.config import DiffusionStageConfig, load_config
-    from scldm.training.decoder import refine, unique_faces, use_bf16
+    from scldm.training.decoder import new_decoder, refine, unique_faces, use_bf16
     from scldm.training.latents import build_cache, load_encoders
 
     cfg = load_config(DiffusionStageConfig, args.config, stage="train")
@@ -50,13 +50,16 @@ def main() -> None:
     latents, faces = unique_faces(cache, args.data, encoders.image_size)
     load_s = time.perf_counter() - tick
     cuda = args.device.startswith("cuda")
+    model = cfg.decoder.model
+    decoder = new_decoder(encoders.face_decoder, model) if model else encoders.face_decoder
+    params = sum(p.numel() for p in decoder.parameters())
 
     def run(steps: int, precision: str) -> float:
         settings = dataclasses.replace(cfg.decoder, steps=steps, precision=precision)
         if cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
-        refine(encoders.face_decoder, latents, faces, settings, device=args.device, progress=False)
+        refine(decoder, latents, faces, settings, device=args.device, progress=False)
         if cuda:
             torch.cuda.synchronize()
         return time.perf_counter() - start
@@ -88,8 +91,9 @@ def main() -> None:
             f"threads; 1-minute load average {os.getloadavg()[0]:.2f} at the end. Preset "
             f"`{args.config}` (decoder.steps {preset_steps}, batch {cfg.decoder.batch_size}); "
             f"stage 1 `{args.encoders}`, {len(faces)} distinct training faces of "
-            f"{encoders.image_size} px from `{args.data}`; {args.steps} timed steps after 3 "
-            "warm-up steps.",
+            f"{encoders.image_size} px from `{args.data}`; the decoder "
+            f"{'`decoder.model` ' + str(dict(model)) if model else 'of stage 1'} "
+            f"({params:,} parameters); {args.steps} timed steps after 3 warm-up steps.",
             "",
             f"| precision | s/step | samples/s | projected time of {preset_steps} steps |",
             "|---|---:|---:|---:|",

@@ -179,6 +179,9 @@ def test_the_real_voices_preset_is_small_with_augmentation_and_v_prediction():
     assert small2.decoder.loss == real2.decoder.loss == "mse"
     assert small2.decoder.precision == real2.decoder.precision == "auto"
     assert (small2.decoder.steps, real2.decoder.steps) == (2400, 1600)
+    # small ships a new, twice-as-wide decoder trained on its frozen latents; the demo refines
+    # its stage-1 decoder (docs/notes/2026-12-02-wide-decoder.md)
+    assert (small2.decoder.model, real2.decoder.model) == ({"preset": "small_h4_wide"}, None)
     same2 = dataclasses.replace(
         real2,
         train=dataclasses.replace(real2.train, max_steps=small2.train.max_steps),
