@@ -194,7 +194,7 @@ def refine_key(
         h.update(f"|{cfg.loss}".encode())
     if bf16:  # and float32 ones, those from before the precision setting
         h.update(b"|bf16")
-    if cfg.model:  # and those refining stage 1's decoder
+    if cfg.model:  # and so do those that refine stage 1's decoder
         kwargs = decoder_model_kwargs(encoders.face_decoder, cfg.model)
         h.update(f"|model={json.dumps(kwargs, sort_keys=True, default=list)}".encode())
     return h.hexdigest()[:16]
