@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from scldm.errors import InputError
-from scldm.losses import clip_loss, encoder_stage_loss, reconstruction_loss
+from scldm.losses import clip_loss, encoder_stage_loss, reconstruction_loss, region_weights
 
 SCALE = torch.tensor(math.log(1 / 0.07))
 
@@ -141,6 +141,32 @@ def test_reconstruction_loss_terms():
     assert reconstruction_loss(recon, target)["loss/mae"].item() == pytest.approx(0.5)
     terms = reconstruction_loss(recon, target, perceptual=lambda x, y: torch.tensor([1.0, 3.0]))
     assert terms["loss/lpips"].item() == pytest.approx(2.0)
+
+
+def test_region_weights_weigh_the_box_k_times_at_mean_1():
+    # the eye band of a 64 px face: rows 22-33, columns 16-47 (384 of 4,096 pixels)
+    w = region_weights(64, (22 / 64, 16 / 64, 34 / 64, 48 / 64), 8.0)
+    assert w.shape == (64, 64) and w.mean().item() == pytest.approx(1.0)
+    inside = torch.zeros(64, 64, dtype=torch.bool)
+    inside[22:34, 16:48] = True
+    assert w[inside].unique().numel() == w[~inside].unique().numel() == 1
+    assert (w[inside][0] / w[~inside][0]).item() == pytest.approx(8.0)
+    assert w[~inside][0].item() == pytest.approx(4096 / (4096 - 384 + 8 * 384))
+    assert torch.equal(region_weights(8, (0.0, 0.0, 1.0, 1.0), 5.0), torch.ones(8, 8))
+
+
+def test_weighted_mae_counts_errors_in_the_box_more():
+    target = torch.zeros(1, 3, 8, 8)
+    box = (0.0, 0.0, 0.5, 0.5)  # the top-left quarter
+    w = region_weights(8, box, 3.0)  # inside 3 / 1.5 = 2, outside 1 / 1.5
+    inside, outside = target.clone(), target.clone()
+    inside[..., 0, 0] = 1.0
+    outside[..., 7, 7] = 1.0
+    mae = lambda x: reconstruction_loss(x, target, pixel_weights=w)["loss/mae"].item()  # noqa: E731
+    assert mae(inside) == pytest.approx(2.0 / 64) and mae(outside) == pytest.approx(1 / 1.5 / 64)
+    ones = torch.ones(8, 8)
+    plain = reconstruction_loss(inside, target)["loss/mae"]
+    assert torch.equal(reconstruction_loss(inside, target, pixel_weights=ones)["loss/mae"], plain)
 
 
 def stage_outputs(batch: int = 4):

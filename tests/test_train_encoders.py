@@ -226,6 +226,33 @@ def test_autoencoder_lr_is_its_own_learning_rate(data, tmp_path):
     assert _differs(w["none"], w["own"], "face_decoder.")
 
 
+def test_recon_region_weighs_a_box_of_the_face(data, tmp_path):
+    """recon_region weight 1 is the default (every pixel alike); weight 8 on the eye band
+    changes what the decoder learns."""
+    runs = {
+        "default": [],
+        "uniform": ["--set", "recon_region.weight=1.0"],
+        "eyes": ["--set", "recon_region.weight=8.0"]
+        + ["--set", "recon_region.box=[0.34375,0.25,0.53125,0.75]"],
+    }
+    w = _two_steps(data, tmp_path, runs)
+    _assert_equal(w["default"], w["uniform"])
+    assert _differs(w["default"], w["eyes"], "face_decoder.")
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("recon_region.box=[0.5,0,0.5,1]", "recon_region.box: expected (top, left, bottom, right)"),
+        ("recon_region.weight=0", "recon_region.weight: expected > 0, got 0"),
+    ],
+)
+def test_a_bad_recon_region_is_a_clear_error(data, tmp_path, capsys, setting, message):
+    assert _pretrain(data, tmp_path / "r", "--set", setting) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and not (tmp_path / "r").exists()
+
+
 def test_training_from_memory_is_training_from_disk(data, tmp_path):
     """data.in_memory decodes the clips once up front; the training is bitwise the same."""
     w = _two_steps(data, tmp_path, {"disk": [], "ram": ["--set", "data.in_memory=true"]})

@@ -244,6 +244,28 @@ class DecoderRefineConfig:
 
 
 @dataclass(frozen=True)
+class ReconRegionConfig:
+    """A box of the aligned face that the reconstruction loss weighs `weight` times the rest
+    (stage 1's L_rec; the pixel weights are scaled to mean 1, so the loss keeps its size).
+    `box`: (top, left, bottom, right) as fractions of the face's height and width. Weight 1:
+    every pixel alike, as the paper."""
+
+    box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        top, left, bottom, right = self.box
+        if not (0.0 <= top < bottom <= 1.0 and 0.0 <= left < right <= 1.0):
+            raise InputError(
+                None,
+                "recon_region.box: expected (top, left, bottom, right) "
+                "fractions of the face, 0 <= top < bottom <= 1, 0 <= left < right <= 1",
+            )
+        if not self.weight > 0:
+            raise InputError(None, f"recon_region.weight: expected > 0, got {self.weight:g}")
+
+
+@dataclass(frozen=True)
 class EncoderStageConfig:
     """Stage 1: contrastive pre-training of the speech and face encoders and the face decoder.
 
@@ -276,6 +298,8 @@ class EncoderStageConfig:
     # batch, a random subset (batches are shuffled); the contrastive loss still sees all B. On
     # a CPU the decoder is most of a step, so a fraction buys steps. 1.0: every face (the paper)
     recon_fraction: float = 1.0
+    # a box of the face the reconstruction loss weighs more (e.g. the eyes of aligned faces)
+    recon_region: ReconRegionConfig = field(default_factory=ReconRegionConfig)
     loss_weights: Mapping[str, float] = field(
         default_factory=lambda: {"loss/contrastive": 1.0, "loss/mae": 1.0, "loss/lpips": 0.0}
     )

@@ -94,16 +94,32 @@ def clip_loss(
     return loss, {"accuracy": accuracy.detach(), "logit_scale": scale.detach()}
 
 
+def region_weights(
+    size: int, box: tuple[float, float, float, float], weight: float
+) -> torch.Tensor:
+    """Pixel weights (size, size) that weigh `box` (top, left, bottom, right, fractions of the
+    face, rounded to whole pixels) `weight` times the rest, scaled to mean 1."""
+    top, left, bottom, right = (round(f * size) for f in box)
+    weights = torch.ones(size, size)
+    weights[top:bottom, left:right] = weight
+    return weights / weights.mean()
+
+
 def reconstruction_loss(
     reconstruction: torch.Tensor,
     target: torch.Tensor,
     *,
     perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    pixel_weights: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """L_rec terms: faces (B, 3, H, W) in [-1, 1] → {"loss/mae": mean |x̂ − x|} and, when a
     perceptual metric (x̂, x) → (B,) such as `scldm.models.perceptual.LPIPS` is given,
-    {"loss/lpips": its batch mean}."""
-    terms = {"loss/mae": (reconstruction - target).abs().mean()}
+    {"loss/lpips": its batch mean}. `pixel_weights` (H, W) of mean 1 (`region_weights`) weigh
+    each pixel's absolute error in the MAE."""
+    error = (reconstruction - target).abs()
+    if pixel_weights is not None:
+        error = error * pixel_weights.to(error)
+    terms = {"loss/mae": error.mean()}
     if perceptual is not None:
         terms["loss/lpips"] = perceptual(reconstruction, target).mean()
     return terms
@@ -117,6 +133,7 @@ def encoder_stage_loss(
     perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     adversarial: AdversarialTerms | None = None,
     gather: bool = False,
+    pixel_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Stage-1 loss, SCLDM eq. 1: total = Σ_k weights[k] · logs[k] over LOSS_KEYS, plus the
     adversarial terms when `adversarial` is given.
@@ -128,6 +145,7 @@ def encoder_stage_loss(
     computed only when its weight is nonzero (then `perceptual` is required). `adversarial`:
     (reconstruction, target faces, weighted reconstruction loss with its graph) → (term added to
     the total, its logs), e.g. `scldm.training.adversarial.Adversary.generator_terms`.
+    `pixel_weights`: (H, W) weights of the MAE's pixels (`region_weights`), None: uniform.
 
     Returns (loss, logs): logs holds "loss" and each term computed, plus "accuracy" and
     "logit_scale" from `clip_loss`, all 0-dim detached tensors (float() them to log; keeping
@@ -150,7 +168,10 @@ def encoder_stage_loss(
     reconstruction = outputs["reconstruction"]  # of the first R ≤ B faces
     target = batch["face"][: len(reconstruction)]
     terms |= reconstruction_loss(
-        reconstruction, target, perceptual=perceptual if use_lpips else None
+        reconstruction,
+        target,
+        perceptual=perceptual if use_lpips else None,
+        pixel_weights=pixel_weights,
     )
     total = sum(weights.get(key, 0.0) * value for key, value in terms.items())
     extra_logs: dict[str, torch.Tensor] = {}

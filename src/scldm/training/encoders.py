@@ -21,7 +21,7 @@ from scldm.data.datasets import SpeakerBatchSampler, SpeechFaceDataset, collate
 from scldm.errors import InputError
 from scldm.evaluation.stage1 import score_export, validate
 from scldm.io import write_json
-from scldm.losses import encoder_stage_loss
+from scldm.losses import encoder_stage_loss, region_weights
 from scldm.models import FaceDecoder, FaceEncoder, build_speech
 from scldm.models.contrastive import SpeechFaceModel
 from scldm.models.face_decoder import FACE_DECODER_PRESETS
@@ -114,6 +114,12 @@ def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = Fal
         raise InputError(None, f"recon_fraction {cfg.recon_fraction:g} must lie in (0, 1]")
     # faces the decoder reconstructs per step (per process): at least one
     num_reconstructed = max(1, math.ceil(cfg.recon_fraction * cfg.train.batch_size))
+    region = cfg.recon_region
+    pixel_weights = (
+        region_weights(cfg.data.image_size, region.box, region.weight)
+        if region.weight != 1.0
+        else None
+    )
     run_dir = Path(cfg.train.output_dir)
     accelerator = make_accelerator(cfg.train, run_dir, cpu=cpu)
     setup_run(accelerator, cfg, run_dir, "scldm-pretrain")
@@ -197,6 +203,7 @@ def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = Fal
                     perceptual=perceptual,
                     adversarial=adversary.generator_terms if adversarial else None,
                     gather=cfg.gather_negatives,
+                    pixel_weights=pixel_weights,
                 )
                 accelerator.backward(loss)
                 if not guard.finite({"loss": loss}, state.step, "pretrain", run_dir):
