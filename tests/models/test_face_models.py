@@ -122,20 +122,22 @@ def test_an_older_face_encoder_config_with_a_latent_scale_still_loads(tmp_path, 
 
 
 def test_presets_keep_the_vgg16_structure_and_the_decoder_mirrors_the_encoder():
-    for name in ("tiny", "small"):
+    for name in ("tiny", "small", "small_h4_wide"):
         encoder = FaceEncoder(**FACE_ENCODER_PRESETS[name])
         assert [k for k in encoder._vgg_targets() if k.startswith("conv")] == CONV_NAMES
-    for name in ("tiny", "small", "small_h4", "base"):
+    for name in ("tiny", "small", "small_h4", "small_h4_wide", "base"):
         widths = FACE_ENCODER_PRESETS[name].get("widths", VGG16_WIDTHS)
         decoder_widths = FACE_DECODER_PRESETS[name].get("widths", DEFAULT_DECODER_WIDTHS)
         # the blocks up to the latent mirrored: the same pools and convs, each width the
-        # encoder's times one factor (small's decoder is twice, small_h4's three times as wide)
+        # encoder's times one factor (small's decoder is twice, small_h4's three times and
+        # small_h4_wide's twice as wide)
         blocks = FACE_ENCODER_PRESETS[name].get("latent_after_block", 3)
         pools = [i for i, w in enumerate(widths) if w == "M"]
         enc = tuple(widths[: pools[blocks - 1] + 1])
         assert [w == "M" for w in decoder_widths] == [w == "M" for w in enc]
         ratios = {d / e for d, e in zip(decoder_widths, enc, strict=True) if e != "M"}
-        assert ratios == {"small": {2.0}, "small_h4": {3.0}}.get(name, {1.0})
+        expected = {"small": {2.0}, "small_h4": {3.0}, "small_h4_wide": {2.0}}.get(name, {1.0})
+        assert ratios == expected
 
 
 # --- VGGFace weights ---------------------------------------------------------------------------
