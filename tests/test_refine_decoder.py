@@ -230,3 +230,39 @@ def test_a_new_decoder_that_cannot_fit_is_refused_in_one_line(setup, model, mess
         refined_decoder(encoders, cache, cfg, data)
     with pytest.raises(InputError, match="decoder.model: a new decoder needs decoder.steps"):
         refined_decoder(encoders, cache, dataclasses.replace(cfg, steps=0), data)
+
+
+def test_refine_with_a_weighted_region_fits_it_better_and_is_keyed_apart(setup):
+    """`recon_region` weighs a box's pixel errors K times: the refined decoder's error inside the
+    box, relative to its error outside, falls below uniform refinement's; weight 1 is bitwise
+    the default (and keyed alike), a weighted refinement is keyed apart, and a bad setting is
+    refused in one line."""
+    from scldm.config import ReconRegionConfig
+
+    data, encoders, cache = setup
+    latents, faces = unique_faces(cache, data, encoders.image_size)
+    plain = DecoderRefineConfig(steps=40, lr=3e-3, batch_size=16, loss="mse")
+    box = (0.25, 0.25, 0.5, 0.75)
+    one = dataclasses.replace(plain, recon_region=ReconRegionConfig(box=box, weight=1.0))
+    eyes = dataclasses.replace(plain, recon_region=ReconRegionConfig(box=box, weight=16.0))
+    uniform = refine(encoders.face_decoder, latents, faces, plain, progress=False)
+    same = refine(encoders.face_decoder, latents, faces, one, progress=False)
+    weighted = refine(encoders.face_decoder, latents, faces, eyes, progress=False)
+    for k, v in uniform.state_dict().items():
+        assert torch.equal(v, same.state_dict()[k]), k
+
+    size = faces.shape[-1]
+    inside = torch.zeros(size, size, dtype=torch.bool)
+    inside[size // 4 : size // 2, size // 4 : 3 * size // 4] = True
+
+    def inside_over_outside(decoder):  # measured: 1.09 uniform, 0.87 weighted
+        with torch.no_grad():
+            error = (decoder(latents) - (faces.float() / 127.5 - 1)).square().mean((0, 1))
+        return (error[inside].mean() / error[~inside].mean()).item()
+
+    assert inside_over_outside(weighted) < 0.9 * inside_over_outside(uniform)
+    assert refine_key(encoders, cache, one) == refine_key(encoders, cache, plain)
+    assert refine_key(encoders, cache, eyes) != refine_key(encoders, cache, plain)
+    with pytest.raises(InputError, match="recon_region.weight: expected > 0, got -1"):
+        bad = ["decoder.recon_region.weight=-1"]
+        load_config(DiffusionStageConfig, "small", bad, stage="train")

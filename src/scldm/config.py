@@ -217,36 +217,10 @@ class AdversarialConfig:
 
 
 @dataclass(frozen=True)
-class DecoderRefineConfig:
-    """Stage 2's refinement of the stage-1 face decoder on the frozen encoder's latents of the
-    training faces (AdamW, warmup then cosine to 0), before the UNet trains. 0 steps: the
-    stage-1 decoder as it is. The encoders, the latents and so the cache and prior are untouched.
-    `loss`: "l1" (the paper's MAE) or "mse", which draws more of the fine detail (glasses, skin
-    tone, beard) from the same latents (docs/notes/2026-12-01-mse-refinement.md). `adversarial`:
-    a PatchGAN against the refined reconstructions, as in stage 1 (its `start_step` counts
-    refinement steps). `precision`: "bf16" autocasts the decoder's forward and backward to
-    bfloat16 (weights and optimiser stay float32), "no" keeps float32, "auto" takes bf16 where
-    the device runs it natively (a GPU, or a CPU with AVX-512 BF16 or AMX) and float32
-    elsewhere (the speed of each: benchmarks/results/decoder_refine_cpu.md). `model`: None
-    (`null` in YAML, which also clears one a preset extends) refines stage 1's decoder;
-    otherwise a new decoder is trained from scratch on the latents instead, of stage 1's
-    architecture with these constructor keys replaced (`preset: NAME` names a
-    FACE_DECODER_PRESETS entry, e.g. `small_h4_wide`; the latent channels, face size and number
-    of upsamplings stay stage 1's)."""
-
-    steps: int = 0
-    lr: float = 1e-3
-    batch_size: int = 64
-    loss: Literal["l1", "mse"] = "l1"
-    precision: Literal["auto", "no", "bf16"] = "auto"
-    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
-    model: Mapping[str, Any] | None = None
-
-
-@dataclass(frozen=True)
 class ReconRegionConfig:
-    """A box of the aligned face that the reconstruction loss weighs `weight` times the rest
-    (stage 1's L_rec; the pixel weights are scaled to mean 1, so the loss keeps its size).
+    """A box of the aligned face that a reconstruction loss weighs `weight` times the rest
+    (stage 1's L_rec, or stage 2's decoder refinement's; the pixel weights are scaled to mean 1,
+    so the loss keeps its size).
     `box`: (top, left, bottom, right) as fractions of the face's height and width. Weight 1:
     every pixel alike, as the paper."""
 
@@ -263,6 +237,35 @@ class ReconRegionConfig:
             )
         if not self.weight > 0:
             raise InputError(None, f"recon_region.weight: expected > 0, got {self.weight:g}")
+
+
+@dataclass(frozen=True)
+class DecoderRefineConfig:
+    """Stage 2's refinement of the stage-1 face decoder on the frozen encoder's latents of the
+    training faces (AdamW, warmup then cosine to 0), before the UNet trains. 0 steps: the
+    stage-1 decoder as it is. The encoders, the latents and so the cache and prior are untouched.
+    `loss`: "l1" (the paper's MAE) or "mse", which draws more of the fine detail (glasses, skin
+    tone, beard) from the same latents (docs/notes/2026-12-01-mse-refinement.md). `adversarial`:
+    a PatchGAN against the refined reconstructions, as in stage 1 (its `start_step` counts
+    refinement steps). `precision`: "bf16" autocasts the decoder's forward and backward to
+    bfloat16 (weights and optimiser stay float32), "no" keeps float32, "auto" takes bf16 where
+    the device runs it natively (a GPU, or a CPU with AVX-512 BF16 or AMX) and float32
+    elsewhere (the speed of each: benchmarks/results/decoder_refine_cpu.md). `model`: None
+    (`null` in YAML, which also clears one a preset extends) refines stage 1's decoder;
+    otherwise a new decoder is trained from scratch on the latents instead, of stage 1's
+    architecture with these constructor keys replaced (`preset: NAME` names a
+    FACE_DECODER_PRESETS entry, e.g. `small_h4_wide`; the latent channels, face size and number
+    of upsamplings stay stage 1's). `recon_region`: a box of the face whose pixel errors weigh
+    more, as stage 1's option of that name (weight 1, the default: every pixel alike)."""
+
+    steps: int = 0
+    lr: float = 1e-3
+    batch_size: int = 64
+    loss: Literal["l1", "mse"] = "l1"
+    precision: Literal["auto", "no", "bf16"] = "auto"
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    model: Mapping[str, Any] | None = None
+    recon_region: ReconRegionConfig = field(default_factory=ReconRegionConfig)
 
 
 @dataclass(frozen=True)

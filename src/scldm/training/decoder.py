@@ -38,6 +38,7 @@ from scldm.config import DecoderRefineConfig, OptimConfig, component_kwargs
 from scldm.errors import InputError
 from scldm.evaluation.metrics import psnr
 from scldm.faces import load_face_tensor
+from scldm.losses import region_weights
 from scldm.models import FaceDecoder
 from scldm.models.blocks import POOL
 from scldm.models.face_decoder import FACE_DECODER_PRESETS
@@ -49,6 +50,7 @@ log = logging.getLogger("scldm.train")
 VAL_FACES = 256  # validation faces decoded for refine.json's PSNR, in one batch
 # the refinement's pixel losses in [-1, 1] (`decoder.loss`, whose values the config checks)
 LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss}
+POINTWISE = {"l1": lambda x, y: (x - y).abs(), "mse": lambda x, y: (x - y).square()}
 # what a new decoder (`decoder.model`) always takes from stage 1's: the latents it reads, the faces
 # it draws and the latent scale stage 2 writes
 FROM_STAGE1 = ("latent_channels", "image_size", "scaling_factor")
@@ -81,7 +83,8 @@ def refine(
 ) -> FaceDecoder:
     """A copy of `decoder` trained `cfg.steps` steps to map `latents` to `faces` (uint8; L1 or,
     with `cfg.loss` "mse", the squared error in [-1, 1], random batches of `cfg.batch_size`
-    drawn from a seeded generator; with `cfg.adversarial`, against a PatchGAN from its
+    drawn from a seeded generator; with `cfg.recon_region`, each pixel's error weighed by
+    `region_weights`; with `cfg.adversarial`, against a PatchGAN from its
     `start_step` on, as stage 1 trains it; in channels-last layout, autocast to bfloat16 when
     `cfg.precision` asks for it), returned on the CPU in eval mode."""
     device = torch.device(device)
@@ -100,6 +103,10 @@ def refine(
     for group in opt.param_groups:
         group["base_lr"] = cfg.lr
     g = torch.Generator().manual_seed(seed)
+    region = cfg.recon_region
+    weights = None  # the default, every pixel alike, keeps the plain loss (bitwise as before)
+    if region.weight != 1.0:
+        weights = region_weights(faces.shape[-1], region.box, region.weight).to(device)
     bar = tqdm(range(cfg.steps), desc="refining the face decoder", disable=not progress or None)
     for step in bar:
         idx = torch.randint(len(latents), (min(cfg.batch_size, len(latents)),), generator=g)
@@ -107,7 +114,10 @@ def refine(
         z = latents[idx].to(device, memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             reconstruction = decoder(z).float()
-        rec = LOSSES[cfg.loss](reconstruction, target)
+        if weights is None:
+            rec = LOSSES[cfg.loss](reconstruction, target)
+        else:
+            rec = (POINTWISE[cfg.loss](reconstruction, target) * weights).mean()
         loss, adversarial = rec, adversary is not None and adversary.active(step)
         if adversarial:
             extra, _ = adversary.generator_terms(reconstruction, target, rec)
@@ -194,6 +204,8 @@ def refine_key(
         h.update(f"|{cfg.loss}".encode())
     if bf16:  # and float32 ones, those from before the precision setting
         h.update(b"|bf16")
+    if cfg.recon_region.weight != 1.0:  # and those with every pixel alike
+        h.update(f"|region={cfg.recon_region.box}x{cfg.recon_region.weight}".encode())
     if cfg.model:  # and so do those that refine stage 1's decoder
         kwargs = decoder_model_kwargs(encoders.face_decoder, cfg.model)
         h.update(f"|model={json.dumps(kwargs, sort_keys=True, default=list)}".encode())
@@ -238,6 +250,8 @@ def refined_decoder(
     }
     if cfg.adversarial.enabled:
         info["adversarial"] = dataclasses.asdict(cfg.adversarial)
+    if cfg.recon_region.weight != 1.0:
+        info["recon_region"] = dataclasses.asdict(cfg.recon_region)
     if cfg.model:
         info["model"] = dict(cfg.model)
         info["widths"] = list(decoder.config.widths)
