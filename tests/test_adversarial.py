@@ -96,3 +96,30 @@ def test_a_luma_discriminator_is_blind_to_colour_noise_of_the_same_luminance():
     assert torch.allclose(y[:, 0], 0.299 * faces[:, 0] + 0.587 * faces[:, 1] + 0.114 * faces[:, 2])
     assert torch.allclose(luma.shown(noisy), y, atol=1e-6)
     assert not torch.allclose(rgb.module(noisy)[-1], rgb.module(faces)[-1], atol=1e-3)
+
+
+def test_a_boxed_discriminator_sees_only_its_box_in_whole_pixels():
+    """`box` shows D only that part of the face (the eye band of 64 px faces: rows 22-33,
+    columns 16-47), each pixel repeated to at least 32 px high; what lies outside the box
+    changes nothing D sees, and a box outside the face is refused in one line."""
+    from scldm.config import AdversarialConfig
+    from scldm.errors import InputError
+    from scldm.training.adversarial import Adversary
+
+    torch.manual_seed(0)
+    faces = torch.rand(2, 3, 64, 64) * 2 - 1
+    last = torch.zeros(3, 3, 1, 1, requires_grad=True)
+    box = (0.34375, 0.25, 0.53125, 0.75)
+    eyes = Adversary(AdversarialConfig(weight=1.0, box=box, discriminator={"preset": "tiny"}),
+                     None, last)  # fmt: skip
+    seen = eyes.shown(faces)
+    assert seen.shape == (2, 3, 36, 96)  # 12 × 32 px, each pixel 3 × 3
+    torch.testing.assert_close(seen[..., ::3, ::3], faces[..., 22:34, 16:48], rtol=0, atol=0)
+    torch.testing.assert_close(seen[..., 2::3, 1::3], faces[..., 22:34, 16:48], rtol=0, atol=0)
+    elsewhere = faces.clone()
+    elsewhere[..., :22, :] = 0.5
+    elsewhere[..., :, 48:] = -0.5
+    assert torch.equal(eyes.shown(elsewhere), seen)
+    assert eyes.module(seen)[-1].shape[0] == 2
+    with pytest.raises(InputError, match="adversarial.box: expected"):
+        AdversarialConfig(box=(0.5, 0.0, 0.4, 1.0))

@@ -191,6 +191,20 @@ class SamplingConfig:
     prior_scale: float = 0.01  # λ_infer: μ = λ·P at inference (paper eq. 4-6)
 
 
+WHOLE_FACE = (0.0, 0.0, 1.0, 1.0)
+
+
+def check_face_box(box: tuple[float, float, float, float], where: str) -> None:
+    """Refuse, in one line, a box that is not (top, left, bottom, right) fractions of a face."""
+    top, left, bottom, right = box
+    if not (0.0 <= top < bottom <= 1.0 and 0.0 <= left < right <= 1.0):
+        raise InputError(
+            None,
+            f"{where}: expected (top, left, bottom, right) "
+            "fractions of the face, 0 <= top < bottom <= 1, 0 <= left < right <= 1",
+        )
+
+
 @dataclass(frozen=True)
 class AdversarialConfig:
     """Stage 1's PatchGAN on the face autoencoder's reconstructions (VQGAN's recipe, as latent
@@ -201,7 +215,9 @@ class AdversarialConfig:
     discriminator starts training too; before it the reconstructions learn their coarse layout
     from the pixel losses alone. weight 0 and feature_matching 0: no discriminator.
     `sees`: "rgb", or "luma" for a discriminator shown only the faces' luminance, so that
-    colour noise earns the decoder nothing and colour is left to the pixel loss."""
+    colour noise earns the decoder nothing and colour is left to the pixel loss. `box`: the part
+    of the aligned face it is shown, (top, left, bottom, right) fractions (e.g. the eye band),
+    enlarged by whole pixels to at least 32 px high; the default is the whole face."""
 
     weight: float = 0.0
     feature_matching: float = 0.0
@@ -210,6 +226,10 @@ class AdversarialConfig:
     discriminator: Mapping[str, Any] = field(default_factory=lambda: {"preset": "small"})
     lr: float = 1e-3
     betas: tuple[float, float] = (0.5, 0.9)  # VQGAN's, for both players
+    box: tuple[float, float, float, float] = WHOLE_FACE
+
+    def __post_init__(self) -> None:
+        check_face_box(self.box, "adversarial.box")
 
     @property
     def enabled(self) -> bool:
@@ -224,17 +244,11 @@ class ReconRegionConfig:
     `box`: (top, left, bottom, right) as fractions of the face's height and width. Weight 1:
     every pixel alike, as the paper."""
 
-    box: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+    box: tuple[float, float, float, float] = WHOLE_FACE
     weight: float = 1.0
 
     def __post_init__(self) -> None:
-        top, left, bottom, right = self.box
-        if not (0.0 <= top < bottom <= 1.0 and 0.0 <= left < right <= 1.0):
-            raise InputError(
-                None,
-                "recon_region.box: expected (top, left, bottom, right) "
-                "fractions of the face, 0 <= top < bottom <= 1, 0 <= left < right <= 1",
-            )
+        check_face_box(self.box, "recon_region.box")
         if not self.weight > 0:
             raise InputError(None, f"recon_region.weight: expected > 0, got {self.weight:g}")
 

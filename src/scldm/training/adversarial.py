@@ -10,10 +10,13 @@ from `start_step` on.
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
 
-from scldm.config import AdversarialConfig, component_kwargs
+from scldm.config import WHOLE_FACE, AdversarialConfig, component_kwargs
 from scldm.errors import InputError
 from scldm.losses import (
     adaptive_weight,
@@ -59,7 +62,16 @@ class Adversary:
 
     def shown(self, faces: torch.Tensor) -> torch.Tensor:
         """What D sees of (N, 3, H, W) faces: as they are, or their luminance (BT.601) in all
-        three channels (`sees: luma`)."""
+        three channels (`sees: luma`); with a `box`, only that part of them, each pixel repeated
+        k × k times, the least k that makes it 32 px high (pixels, not a blur: D judges
+        sharpness)."""
+        if self.cfg.box != WHOLE_FACE:
+            size = faces.shape[-1]
+            top, left, bottom, right = (round(f * size) for f in self.cfg.box)
+            faces = faces[..., top:bottom, left:right]
+            k = math.ceil(32 / max(bottom - top, 1))
+            if k > 1:
+                faces = F.interpolate(faces, scale_factor=k, mode="nearest")
         if self.cfg.sees == "rgb":
             return faces
         luma = torch.tensor((0.299, 0.587, 0.114), dtype=faces.dtype, device=faces.device)
