@@ -50,7 +50,6 @@ log = logging.getLogger("scldm.train")
 VAL_FACES = 256  # validation faces decoded for refine.json's PSNR, in one batch
 # the refinement's pixel losses in [-1, 1] (`decoder.loss`, whose values the config checks)
 LOSSES = {"l1": F.l1_loss, "mse": F.mse_loss}
-POINTWISE = {"l1": lambda x, y: (x - y).abs(), "mse": lambda x, y: (x - y).square()}
 # what a new decoder (`decoder.model`) always takes from stage 1's: the latents it reads, the faces
 # it draws and the latent scale stage 2 writes
 FROM_STAGE1 = ("latent_channels", "image_size", "scaling_factor")
@@ -117,7 +116,8 @@ def refine(
         if weights is None:
             rec = LOSSES[cfg.loss](reconstruction, target)
         else:
-            rec = (POINTWISE[cfg.loss](reconstruction, target) * weights).mean()
+            pointwise = LOSSES[cfg.loss](reconstruction, target, reduction="none")
+            rec = (pointwise * weights).mean()
         loss, adversarial = rec, adversary is not None and adversary.active(step)
         if adversarial:
             extra, _ = adversary.generator_terms(reconstruction, target, rec)
