@@ -3,6 +3,7 @@
     python benchmarks/real_voices.py build --out data/real_voices
     python benchmarks/real_voices.py check --model runs/ldm/pipeline --oracle runs/oracle \\
         --voices data/real_voices --name my_model [--faces 4] [--seed 0]
+    python benchmarks/real_voices.py calibrate [--out FILE]
 
 `build` makes a set of real speech from recordings of real people that Debian packages ship
 (Asterisk's telephone prompts, KTuberling's words for children, ALSA's speaker test): for each
@@ -17,6 +18,10 @@ the adults (mean of the per-gender recalls), and writes benchmarks/results/real_
 .md, .json (every face's reading) and .png (a row per speaker: the faces of its first utterance).
 Children are reported, not scored. The speakers' ages are unknown: the age read is reported
 only (SynthVox adults are 18-80).
+
+`calibrate` writes real speech's mean GE2E embedding (scldm's src/scldm/models/
+ge2e_real_speech.json by default) from other voices of the same packages (`CALIBRATION`: none
+of them is a speaker `check` scores), for the GE2E option `remove_real_direction`.
 """
 
 from __future__ import annotations
@@ -152,6 +157,18 @@ SPEAKERS: tuple[Speaker, ...] = (
 )
 # fmt: on
 
+# Unlabelled real voices for GE2E's real direction (`calibrate`): KTuberling's folders in the
+# languages SPEAKERS leaves out. None of their files is nearer a checked speaker's mean GE2E
+# embedding than cosine 0.78 (a checked speaker's own utterances: at least 0.91), so the check
+# never hears a voice its model was calibrated on. Several voices share the ca, en and fr
+# folders; whether any is a child's is unknown.
+CALIBRATION: tuple[Speaker, ...] = tuple(
+    _kt(f"calibration_{lang}", "", lang, "unlabelled; for GE2E's real direction only")
+    for lang in ("ca", "el", "en", "fr", "gl", "lt", "sl")
+)
+CALIBRATION_UTTERANCES = 100  # per folder: all its files
+REAL_SPEECH_FILE = Path(__file__).parents[1] / "src/scldm/models/ge2e_real_speech.json"
+
 
 # --- build: the speech set ----------------------------------------------------------------------
 
@@ -204,10 +221,13 @@ def trim_silence(wave: np.ndarray, top_db: float = TRIM_DB) -> np.ndarray:
     return wave[max(loud[0] - 2, 0) * hop : (loud[-1] + 3) * hop]
 
 
-def utterances(pieces: Sequence[np.ndarray]) -> list[np.ndarray]:
+def utterances(
+    pieces: Sequence[np.ndarray], max_utterances: int = MAX_UTTERANCES
+) -> list[np.ndarray]:
     """Trimmed files → 2-6 disjoint utterances, each the next files joined by short gaps: up to
-    6 utterances of at least `UTTERANCE_SECONDS` (a rest shorter than `MIN_UTTERANCE_SECONDS`
-    is dropped), or, from less than two such lengths of speech, two halves."""
+    `max_utterances` utterances of at least `UTTERANCE_SECONDS` (a rest shorter than
+    `MIN_UTTERANCE_SECONDS` is dropped), or, from less than two such lengths of speech, two
+    halves."""
     gap = int(GAP_SECONDS * SAMPLE_RATE)
     lengths = np.array([len(p) + gap for p in pieces], dtype=float) / SAMPLE_RATE
     if lengths.sum() >= 2 * UTTERANCE_SECONDS:
@@ -216,7 +236,7 @@ def utterances(pieces: Sequence[np.ndarray]) -> list[np.ndarray]:
             if lengths[start : i + 1].sum() >= UTTERANCE_SECONDS or i == len(pieces) - 1:
                 groups.append(list(pieces[start : i + 1]))
                 start = i + 1
-            if len(groups) == MAX_UTTERANCES:
+            if len(groups) == max_utterances:
                 break
         if lengths[-len(groups[-1]) :].sum() < MIN_UTTERANCE_SECONDS:
             groups.pop()  # the rest
@@ -231,11 +251,10 @@ def utterances(pieces: Sequence[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
-def build_speaker(speaker: Speaker, out: Path) -> list[Path]:
-    """OUT/<speaker>/<n>.wav; each file loudness-matched (RMS) before joining."""
-    import soundfile as sf
-
-    budget = MAX_UTTERANCES * (UTTERANCE_SECONDS + MAX_FILE_SECONDS) * SAMPLE_RATE
+def speaker_pieces(speaker: Speaker, max_utterances: int = MAX_UTTERANCES) -> list[np.ndarray]:
+    """The speaker's files, silences trimmed, each loudness-matched (RMS): enough for
+    `max_utterances` utterances."""
+    budget = max_utterances * (UTTERANCE_SECONDS + MAX_FILE_SECONDS) * SAMPLE_RATE
     pieces, used = [], 0
     for path in speaker_files(speaker):
         piece = trim_silence(read_file(path))
@@ -245,7 +264,14 @@ def build_speaker(speaker: Speaker, out: Path) -> list[Path]:
         used += len(piece) + GAP_SECONDS * SAMPLE_RATE
         if used >= budget:
             break
-    waves = utterances(pieces)
+    return pieces
+
+
+def build_speaker(speaker: Speaker, out: Path) -> list[Path]:
+    """OUT/<speaker>/<n>.wav."""
+    import soundfile as sf
+
+    waves = utterances(speaker_pieces(speaker))
     short = min(len(w) for w in waves) / SAMPLE_RATE
     if short < MIN_UTTERANCE_SECONDS:
         raise InputError(speaker.folder, f"{speaker.name}: an utterance of only {short:.1f} s")
@@ -279,6 +305,49 @@ def build(out: Path, speakers: Sequence[Speaker] = SPEAKERS) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return labels
+
+
+def calibrate(
+    out: Path = REAL_SPEECH_FILE,
+    speakers: Sequence[Speaker] = CALIBRATION,
+    ge2e_weights: Path | None = None,
+) -> dict[str, Any]:
+    """Real speech's mean GE2E partial embedding, over the speakers' files built into ~6 s
+    utterances as `build` does, heard through the GE2E front end: written to OUT as JSON (what
+    `speech_encoder.remove_real_direction` reads; `scldm.models.ge2e.real_speech_mean`)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from scldm.audio.mel import MelFrontend
+    from scldm.io import write_json
+    from scldm.models.ge2e import GE2E_PRESETS, GE2ESpeechEncoder
+
+    frontend = MelFrontend()
+    encoder = GE2ESpeechEncoder(**GE2E_PRESETS["tiny"]).eval()  # the head is not used
+    weights = encoder.load_backbone(ge2e_weights)
+    total, partials, sources = torch.zeros(encoder.config.ge2e_dim, dtype=torch.float64), 0, []
+    for speaker in tqdm(speakers, desc="calibrating", unit="folder"):
+        waves = utterances(speaker_pieces(speaker, CALIBRATION_UTTERANCES), CALIBRATION_UTTERANCES)
+        waves = [w for w in waves if len(w) >= MIN_UTTERANCE_SECONDS * SAMPLE_RATE]
+        if not waves:
+            raise InputError(speaker.folder, f"{speaker.name}: no utterance of real speech")
+        with torch.no_grad():
+            mel = frontend(torch.stack([frontend.prepare(w.astype(np.float32)) for w in waves]))
+            embeds = encoder.partials(mel).flatten(0, 1)  # (N·P, ge2e_dim)
+        total += embeds.double().sum(0)
+        partials += embeds.shape[0]
+        sources.append({"folder": speaker.folder, "package": speaker.package,
+                        "utterances": len(waves)})  # fmt: skip
+    result = {
+        "mean": [round(float(x), 6) for x in total / partials],
+        "partial_embeddings": partials,
+        "sources": sources,
+        "ge2e_weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "made_by": "benchmarks/real_voices.py calibrate",
+        "date": date.today().isoformat(),
+    }
+    write_json(out, result)
+    return result
 
 
 # --- check: faces for the voices, read by the oracle -----------------------------------------
@@ -506,6 +575,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="make the speech set from the installed Debian packages")
     b.add_argument("--out", type=Path, required=True, help="the folder to write")
+    k = sub.add_parser(
+        "calibrate",
+        help="real speech's mean GE2E embedding, for speech_encoder.remove_real_direction",
+    )
+    k.add_argument("--out", type=Path, default=REAL_SPEECH_FILE, help="(default: scldm's own)")
+    k.add_argument("--ge2e-weights", type=Path, help="(default: the resemblyzer package's)")
     c = sub.add_parser("check", help="generate faces for the set and score their gender")
     c.add_argument("--model", type=Path, required=True, help="a pipeline folder")
     c.add_argument("--oracle", type=Path, required=True, help="a `scldm synthvox-oracle` folder")
@@ -525,6 +600,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 return 2
             print(build(args.out))
+            return 0
+        if args.command == "calibrate":
+            if missing := missing_packages(CALIBRATION):
+                print(f"real_voices: error: run: apt-get install {' '.join(missing)}",
+                      file=sys.stderr)  # fmt: skip
+                return 2
+            result = calibrate(args.out, ge2e_weights=args.ge2e_weights)
+            print(f"wrote {args.out}: the mean of {result['partial_embeddings']} partial "
+                  "embeddings")  # fmt: skip
             return 0
         result = check(
             args.model, args.oracle, args.voices, faces=args.faces, seed=args.seed,

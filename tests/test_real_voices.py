@@ -187,3 +187,32 @@ def test_build_from_the_debian_packages(tmp_path):
             info = sf.info(str(wav))
             assert (info.samplerate, info.channels, info.subtype) == (SR, 1, "PCM_16")
             assert info.duration >= 4.0
+
+
+def test_calibrate_writes_the_mean_real_embedding_that_stage_1_reads(monkeypatch, tmp_path, capsys):
+    from scldm.models.ge2e import default_weights, real_speech_mean
+
+    if default_weights() is None:
+        pytest.skip("GE2E weights absent: pip install --no-deps resemblyzer")
+    folders = []
+    for i, f0 in enumerate((120.0, 210.0)):  # two folders of 3 s "words": one utterance each
+        for k in range(3):
+            write_wav(tmp_path / f"v{i}" / f"w{k}.wav", harmonic_voice(f0, 2.0, seed=3 * i + k))
+        folders.append(
+            real_voices.Speaker(f"v{i}", "", "child", "xx", "pkg", str(tmp_path / f"v{i}"), "")
+        )
+    out = tmp_path / "real.json"
+    result = real_voices.calibrate(out, folders)
+    assert [s["utterances"] for s in result["sources"]] == [1, 1]
+    assert result["partial_embeddings"] > 2  # several 1.6 s windows of each 6 s utterance
+    mean = real_speech_mean(out)  # what stage 1 reads
+    assert mean.shape == (256,) and 0.3 < float(mean.norm()) <= 1.0
+    assert json.loads(out.read_text())["ge2e_weights_sha256"] and not list(tmp_path.glob("*.tmp"))
+    # a folder that is not installed: one line naming the package, exit 2, nothing written
+    gone = real_voices.Speaker("x", "", "child", "xx", "some-voices-pkg", "/nonexistent", "")
+    monkeypatch.setattr(real_voices, "CALIBRATION", (gone,))
+    capsys.readouterr()  # calibrate's progress bar
+    assert real_voices.main(["calibrate", "--out", str(tmp_path / "never.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "apt-get install some-voices-pkg" in err
+    assert not (tmp_path / "never.json").exists()

@@ -327,6 +327,9 @@ class EncoderStageConfig:
     # speech_encoder.type ge2e: the pretrained GE2E weights (Resemblyzer's pretrained.pt);
     # None: the file of the installed resemblyzer package
     ge2e_weights: str | None = None
+    # speech_encoder.remove_real_direction: real speech's mean GE2E embedding (a JSON file from
+    # `benchmarks/real_voices.py calibrate`); None: the one shipped with scldm
+    ge2e_real_speech: str | None = None
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from scldm.models import (
     build_speech,
     component_class,
 )
-from scldm.models.ge2e import default_weights
+from scldm.models.ge2e import default_weights, real_speech_mean
 
 needs_weights = pytest.mark.skipif(
     default_weights() is None, reason="GE2E weights absent: pip install --no-deps resemblyzer"
@@ -191,6 +191,78 @@ def test_trainable_layers_choose_what_of_the_backbone_learns(layers, trained):
         assert (param.grad is not None and param.grad.abs().sum() > 0) == (part in trained), name
 
 
+# --- The real direction ----------------------------------------------------------------------
+
+
+def test_the_real_direction_is_removed_from_every_partial_and_saved(tmp_path):
+    torch.manual_seed(0)
+    mel = MelFrontend()(torch.randn(2, 32000) * 0.1)
+    plain = GE2ESpeechEncoder(**GE2E_PRESETS["tiny"]).eval()
+    model = GE2ESpeechEncoder(**GE2E_PRESETS["tiny"], remove_real_direction=True).eval()
+    model.load_state_dict(plain.state_dict(), strict=False)
+    assert "real_direction" not in plain.state_dict()
+    with torch.no_grad():  # unset (zero), it removes nothing: bitwise the plain encoder
+        assert torch.equal(model.partials(mel), plain.partials(mel))
+        before = plain.partials(mel)
+    training, real = torch.randn(256), torch.randn(256)
+    gap = model.set_real_direction(training, real)
+    u = model.real_direction
+    assert gap == pytest.approx(float((real - training).norm()), rel=1e-6)
+    assert torch.allclose(u, (real - training) / (real - training).norm(), atol=1e-6)
+    with torch.no_grad():
+        after = model.partials(mel)
+    assert float((after @ u).abs().max()) < 1e-6  # nothing left along u
+    # and nothing else changed: what was removed is exactly the component along u
+    assert torch.allclose(before - after, (before @ u)[..., None] * u, atol=1e-6)
+    model.save_pretrained(tmp_path / "enc")
+    loaded = GE2ESpeechEncoder.from_pretrained(tmp_path / "enc").eval()
+    assert torch.equal(loaded.real_direction, u)
+    with torch.no_grad():
+        assert torch.equal(loaded.partials(mel), after)
+    with pytest.raises(ValueError, match="remove_real_direction=False"):
+        plain.set_real_direction(training, real)
+    with pytest.raises(ValueError, match="coincide"):
+        model.set_real_direction(real, real)
+
+
+def test_a_bad_real_speech_file_is_one_clear_error(tmp_path):
+    mean = real_speech_mean()  # the shipped one
+    assert mean.shape == (256,) and torch.isfinite(mean).all() and 0.2 < float(mean.norm()) <= 1
+    for text in ("not json", '{"mean": [[1, 2], [3, 4]]}', '{"average": [1]}'):
+        bad = tmp_path / "bad.json"
+        bad.write_text(text)
+        with pytest.raises(InputError, match="bad.json") as e:
+            real_speech_mean(bad)
+        assert "\n" not in str(e.value)
+
+
+@needs_weights
+@pytest.mark.skipif(
+    not all((ASTERISK / f).is_dir() for f in REAL.values()), reason="asterisk sounds absent"
+)
+def test_the_shipped_real_direction_points_from_synthvox_to_other_real_voices(synthvox30):
+    """The shipped mean comes from KTuberling's voices; Asterisk's speakers are not among them.
+    Along u, every one of their utterances lies further towards "real" than any SynthVox clip."""
+    model = GE2ESpeechEncoder(**GE2E_PRESETS["tiny"], remove_real_direction=True)
+    model.load_backbone()
+    model.eval()
+    frontend = MelFrontend()
+    synth = [synthvox30 / r["audio"] for r in read_manifest(synthvox30, split="train")[:24]]
+    real = [p for f in REAL.values() for p in sorted((ASTERISK / f).glob("*.wav"))[:40:5]]
+    with torch.no_grad():
+        synth_mean = model.partials(frontend(torch.stack([frontend.load(p) for p in synth])))
+        model.set_real_direction(synth_mean.flatten(0, 1).mean(0), real_speech_mean())
+    u = model.real_direction
+    plain = GE2ESpeechEncoder(**GE2E_PRESETS["tiny"])
+    plain.load_backbone()
+    plain.eval()
+    along = {
+        name: utterance_embeddings(plain, frontend, paths) @ u
+        for name, paths in (("synth", synth), ("real", real))
+    }
+    assert float(along["real"].min()) > float(along["synth"].max())
+
+
 # --- The choice in a config; SCLDM end to end ------------------------------------------------
 
 
@@ -219,12 +291,15 @@ eval: {pool_size: 4, max_clips: 16, grid_size: 4}
 
 
 @needs_weights
-def test_scldm_with_ge2e_trains_saves_and_generates(synthvox30, tmp_path):
+@pytest.mark.parametrize("remove", [False, True], ids=["plain", "real-direction"])
+def test_scldm_with_ge2e_trains_saves_and_generates(synthvox30, tmp_path, remove):
     from scldm.cli import main
     from scldm.diffusion import SpeechToFacePipeline
 
     config = tmp_path / "ge2e-tiny.yaml"
-    config.write_text(GE2E_TINY)
+    config.write_text(
+        GE2E_TINY.replace("preset: tiny}", f"preset: tiny, remove_real_direction: {remove}}}", 1)
+    )
     enc, ldm = tmp_path / "enc", tmp_path / "ldm"
     data = ["--data", str(synthvox30)]
     assert main(["pretrain", *data, "--out", str(enc), "--config", str(config)]) == 0
@@ -237,12 +312,23 @@ def test_scldm_with_ge2e_trains_saves_and_generates(synthvox30, tmp_path):
     for key, value in fresh.state_dict().items():
         if key.startswith(("lstm.", "linear.")):
             assert torch.equal(saved.state_dict()[key], value), key
+    if remove:  # set from the training clips before the first step: a unit vector towards real
+        u = saved.real_direction
+        assert float(u.norm()) == pytest.approx(1.0, abs=1e-5)
+        clips = [synthvox30 / r["audio"] for r in read_manifest(synthvox30, split="train")[:16]]
+        frontend = MelFrontend(segment_seconds=2.0)
+        with torch.no_grad():
+            training = fresh.partials(frontend(torch.stack([frontend.load(p) for p in clips])))
+        assert float(real_speech_mean() @ u) > float(training.flatten(0, 1).mean(0) @ u) + 0.1
     assert main(["prior", "--encoders", str(enc), "--data", str(synthvox30)]) == 0
     args = ["train", "--encoders", str(enc), "--data", str(synthvox30), "--out", str(ldm)]
     assert main([*args, "--config", "tiny", "--set", "train.max_steps=2"]) == 0
     pipe = SpeechToFacePipeline.from_pretrained(ldm / "pipeline")
     pipe.set_progress_bar_config(disable=True)
     assert isinstance(pipe.frontend, MelFrontend)
+    assert pipe.speech_encoder.config.remove_real_direction == remove
+    if remove:
+        assert torch.equal(pipe.speech_encoder.real_direction, saved.real_direction)
     voice = synthvox30 / read_manifest(synthvox30, split="test")[0]["audio"]
     kwargs = {"num_inference_steps": 2, "output_type": "pt"}
     first = pipe(str(voice), generator=torch.Generator().manual_seed(0), **kwargs).images

@@ -11,6 +11,7 @@ model in place of the Speech2Face encoder).
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import torch
@@ -29,6 +30,9 @@ GE2E_PRESETS: dict[str, dict] = {
     "small": {"token_dim": 128, "hidden_dim": 256, "embedding_dim": 128},
     "base": {"token_dim": 512, "hidden_dim": 4096, "embedding_dim": 512},
 }
+# The mean GE2E partial embedding of real recordings (`benchmarks/real_voices.py calibrate`:
+# KTuberling voices in languages the real-voice check leaves out, none of its speakers)
+REAL_SPEECH_FILE = Path(__file__).with_name("ge2e_real_speech.json")
 WEIGHTS_HELP = (
     "install the GE2E weights with `pip install --no-deps resemblyzer` (the wheel ships "
     "pretrained.pt), or give the file as ge2e_weights=PATH"
@@ -59,6 +63,13 @@ class GE2ESpeechEncoder(ModelMixin, ConfigMixin):
     `trainable_layers`: 0 freezes the backbone (it runs without gradients); k > 0 trains the
     linear layer and the top k - 1 LSTM layers. The backbone weights are saved with the model;
     `load_backbone` fills them from Resemblyzer's `pretrained.pt` when a model is first built.
+
+    `remove_real_direction`: the partial embeddings lose their component along one unit vector
+    u, the direction from the training voices' mean embedding to real recordings' mean
+    (`set_real_direction`, a buffer saved with the model), before the head sees them. The head
+    then cannot read "recorded by real people" as anything SynthVox ties to it, such as old
+    age. Stage 1 sets u before its first step, from the backbone as loaded: meant for a frozen
+    one (docs/notes/2026-12-02-real-voices-ge2e-direction.md).
     """
 
     @register_to_config
@@ -75,6 +86,7 @@ class GE2ESpeechEncoder(ModelMixin, ConfigMixin):
         token_dim: int = 512,
         hidden_dim: int = 4096,
         embedding_dim: int = 512,
+        remove_real_direction: bool = False,
     ) -> None:
         super().__init__()
         if not 0 <= trainable_layers <= lstm_layers + 1:
@@ -91,6 +103,8 @@ class GE2ESpeechEncoder(ModelMixin, ConfigMixin):
         self.fc2 = nn.Linear(hidden_dim, embedding_dim)
         for module in (self.to_tokens, self.fc1, self.fc2):
             module.apply(init_module)
+        if remove_real_direction:  # zero until set: removes nothing
+            self.register_buffer("real_direction", torch.zeros(ge2e_dim))
         self.min_frames = partial_frames
         self._freeze()
 
@@ -121,13 +135,26 @@ class GE2ESpeechEncoder(ModelMixin, ConfigMixin):
             raise InputError(path, f"is not a GE2E checkpoint ({e})") from None
         return path
 
+    def set_real_direction(self, training_mean: torch.Tensor, real_mean: torch.Tensor) -> float:
+        """u = (real_mean - training_mean) / its norm, the direction `partials` removes; both
+        means of partial embeddings (ge2e_dim,). Returns the norm (how far apart they are)."""
+        if not self.config.remove_real_direction:
+            raise ValueError("this encoder was built with remove_real_direction=False")
+        gap = real_mean.double() - training_mean.double()
+        norm = float(gap.norm())
+        if not norm > 1e-6:
+            raise ValueError("the real and the training mean embeddings coincide")
+        self.real_direction.copy_((gap / norm).to(self.real_direction))
+        return norm
+
     def num_tokens(self, num_frames: int) -> int:
         """P, the number of tokens for a mel spectrogram of `num_frames` frames."""
         frames = max(num_frames, self.config.partial_frames)
         return 1 + (frames - self.config.partial_frames) // self.config.partial_hop
 
     def partials(self, mel: torch.Tensor) -> torch.Tensor:
-        """mel: (B, num_mels, T) → GE2E partial embeddings (B, P, ge2e_dim), unit length."""
+        """mel: (B, num_mels, T) → GE2E partial embeddings (B, P, ge2e_dim), unit length (then
+        without their real-direction component, where the model removes it)."""
         cfg = self.config
         if mel.dim() != 3 or mel.shape[1] != cfg.num_mels:
             raise ValueError(f"expected a (B, {cfg.num_mels}, T) mel spectrogram, got {mel.shape}")
@@ -141,6 +168,9 @@ class GE2ESpeechEncoder(ModelMixin, ConfigMixin):
             _, (hidden, _) = self.lstm(frames)  # hidden: (layers, B·P, lstm_dim)
             embeds = torch.relu(self.linear(hidden[-1]))  # (B·P, ge2e_dim)
         embeds = embeds / embeds.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        if self.config.remove_real_direction:
+            u = self.real_direction
+            embeds = embeds - (embeds @ u)[:, None] * u
         return embeds.view(batch, num, -1)
 
     def forward(self, mel: torch.Tensor) -> SpeechEncoderOutput:
@@ -148,3 +178,16 @@ class GE2ESpeechEncoder(ModelMixin, ConfigMixin):
         tokens = self.to_tokens(self.partials(mel))  # (B, P, D_ctx)
         hidden = torch.relu(self.fc1(tokens.mean(dim=1)))  # (B, hidden)
         return SpeechEncoderOutput(embedding=self.fc2(hidden), tokens=tokens)
+
+
+def real_speech_mean(path: str | Path | None = None) -> torch.Tensor:
+    """The mean GE2E partial embedding of real recordings (ge2e_dim,), from a JSON file that
+    `benchmarks/real_voices.py calibrate` writes; None: the one shipped with scldm."""
+    path = Path(path) if path is not None else REAL_SPEECH_FILE
+    try:
+        mean = torch.tensor(json.loads(path.read_text())["mean"], dtype=torch.float32)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(path, f"is not a real-speech mean file ({e})") from None
+    if mean.dim() != 1 or not torch.isfinite(mean).all():
+        raise InputError(path, f"its mean is not one finite vector (shape {tuple(mean.shape)})")
+    return mean

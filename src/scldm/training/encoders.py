@@ -26,6 +26,7 @@ from scldm.models import FaceDecoder, FaceEncoder, build_speech
 from scldm.models.contrastive import SpeechFaceModel
 from scldm.models.face_decoder import FACE_DECODER_PRESETS
 from scldm.models.face_encoder import FACE_ENCODER_PRESETS
+from scldm.models.ge2e import real_speech_mean
 from scldm.optim import EMA, lr_at, param_groups
 from scldm.training.adversarial import Adversary
 from scldm.training.checkpoint import maybe_resume, save_checkpoint, write_meta
@@ -53,6 +54,7 @@ from scldm.training.loop import (
 __all__ = ["build_model", "component_kwargs", "make_optimizer", "train"]
 log = logging.getLogger("scldm.train")
 LOGIT_SCALE_MAX = 4.6052  # ln 100, CLIP's clamp
+REAL_DIRECTION_CLIPS = 512  # training clips whose mean GE2E embedding sets the real direction
 CURVES = ["train/loss", "train/contrastive", "train/mae", "val/R@1", "val/R@10", "val/psnr"]
 GAN_CURVES = ["train/adversarial", "train/discriminator", "train/feature_matching"]
 
@@ -130,6 +132,8 @@ def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = Fal
     )
     if cfg.data.in_memory:
         train_ds.load_into_memory(progress=accelerator.is_local_main_process)
+    if getattr(model.speech_encoder.config, "remove_real_direction", False):
+        _set_real_direction(model.speech_encoder, frontend, train_ds, cfg)
     sampler = SpeakerBatchSampler(train_ds.speaker_index, cfg.train.batch_size, seed=cfg.train.seed)
     loader = DataLoader(
         train_ds,
@@ -248,6 +252,33 @@ def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = Fal
     finally:
         bar.close()
     return export(accelerator, unwrapped, ema, frontend, cfg, run_dir, state, train_ds, val_ds)
+
+
+@torch.no_grad()
+def _set_real_direction(
+    encoder: torch.nn.Module, frontend: torch.nn.Module, train_ds: SpeechFaceDataset, cfg
+) -> None:
+    """GE2E's real direction: from the mean partial embedding of up to REAL_DIRECTION_CLIPS
+    training clips, each heard as it is and through the configured augmentation (as stage 1
+    hears them; seeded, the same on every rank), to real speech's (`cfg.ge2e_real_speech`)."""
+    real = real_speech_mean(cfg.ge2e_real_speech)
+    draws = torch.Generator().manual_seed(cfg.train.seed)
+    order = torch.randperm(len(train_ds), generator=draws)[:REAL_DIRECTION_CLIPS].tolist()
+    total, count = torch.zeros_like(real, dtype=torch.float64), 0
+    for start in range(0, len(order), 32):
+        batch = collate([train_ds[i] for i in order[start : start + 32]])
+        if batch is None:
+            continue
+        wave = batch["waveform"]
+        for heard in (wave, augment(wave, frontend.config.sample_rate, cfg.augment, draws)):
+            partials = encoder.partials(frontend(heard)).flatten(0, 1)  # (B·P, ge2e_dim)
+            total += partials.double().sum(0)
+            count += partials.shape[0]
+    if count == 0:
+        raise InputError(cfg.data.root, "no readable training clip to set GE2E's real direction")
+    gap = encoder.set_real_direction(total / count, real)
+    log.info("GE2E real direction from %d partial embeddings: |real - training mean| %.3f",
+             count, gap)  # fmt: skip
 
 
 def _perceptual(cfg: EncoderStageConfig, device: torch.device):
