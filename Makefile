@@ -58,8 +58,10 @@ lint: install
 	$(VENV)/bin/lint-imports
 
 # The main job end to end on SynthVox: data, its oracle, stage 1, the face prior, stage 2 and
-# faces for held-out voices. Stage 1's steps are cut to fit a laptop; stage 2 runs small-real's
-# own (1,600 v-prediction UNet steps on 4 × 16 × 16 latents, ~5 min;
+# faces for held-out voices. Stage 1 (small-real) hears with the pretrained GE2E encoder minus
+# its "real recording" direction, so that real voices work too
+# (docs/notes/2026-12-02-real-voices-ge2e-direction.md); its steps are cut to fit a laptop.
+# Stage 2 runs small-real's own (1,600 v-prediction UNet steps on 4 × 16 × 16 latents, ~5 min;
 # docs/notes/2026-12-01-v-prediction-demo.md). Stage 2 first refines the face decoder (1,600
 # steps, ~5 min; in bfloat16 where the CPU runs it natively): on the demo's validation voices
 # its faces are harder to tell from true ones and read gender better

@@ -154,8 +154,12 @@ def test_the_real_voices_preset_is_small_with_augmentation_and_v_prediction():
     assert small.face_encoder == small.face_decoder == {"preset": "small_h4", "latent_channels": 8}
     assert real.face_encoder == {"preset": "small_h4", "latent_channels": 4}
     assert real.face_decoder == {"preset": "small_h4", "latent_channels": 4, "position_bias": False}
+    # the demo hears with GE2E, its real-recording direction removed
+    assert small.speech_encoder == {"preset": "small"}
+    assert real.speech_encoder == {"type": "ge2e", "preset": "small", "remove_real_direction": True}
     same = dataclasses.replace(
         real,
+        speech_encoder=small.speech_encoder,
         augment=small.augment,
         face_encoder=small.face_encoder,
         face_decoder=small.face_decoder,
