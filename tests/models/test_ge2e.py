@@ -312,6 +312,12 @@ def test_scldm_with_ge2e_trains_saves_and_generates(synthvox30, tmp_path, remove
     for key, value in fresh.state_dict().items():
         if key.startswith(("lstm.", "linear.")):
             assert torch.equal(saved.state_dict()[key], value), key
+    if remove:  # a real-speech mean of the wrong size: one line naming the file, nothing trained
+        short = tmp_path / "short.json"
+        short.write_text('{"mean": [0.1, 0.2]}')
+        bad = ["pretrain", *data, "--out", str(tmp_path / "bad"), "--config", str(config)]
+        assert main([*bad, "--set", f"ge2e_real_speech={short}"]) == 2
+        assert not (tmp_path / "bad").exists()
     if remove:  # set from the training clips before the first step: a unit vector towards real
         u = saved.real_direction
         assert float(u.norm()) == pytest.approx(1.0, abs=1e-5)

@@ -26,7 +26,7 @@ from scldm.models import FaceDecoder, FaceEncoder, build_speech
 from scldm.models.contrastive import SpeechFaceModel
 from scldm.models.face_decoder import FACE_DECODER_PRESETS
 from scldm.models.face_encoder import FACE_ENCODER_PRESETS
-from scldm.models.ge2e import real_speech_mean
+from scldm.models.ge2e import REAL_SPEECH_FILE, real_speech_mean
 from scldm.optim import EMA, lr_at, param_groups
 from scldm.training.adversarial import Adversary
 from scldm.training.checkpoint import maybe_resume, save_checkpoint, write_meta
@@ -112,6 +112,7 @@ def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = Fal
     set_seed(cfg.train.seed)  # identical initialisation on every rank
     frontend, model = build_model(cfg)
     crop = crop_samples(cfg.train_crop_seconds, frontend)  # checked before anything is written
+    real_mean = _real_speech_mean(model.speech_encoder, cfg)  # so is this
     if not 0 < cfg.recon_fraction <= 1:
         raise InputError(None, f"recon_fraction {cfg.recon_fraction:g} must lie in (0, 1]")
     # faces the decoder reconstructs per step (per process): at least one
@@ -132,8 +133,8 @@ def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = Fal
     )
     if cfg.data.in_memory:
         train_ds.load_into_memory(progress=accelerator.is_local_main_process)
-    if getattr(model.speech_encoder.config, "remove_real_direction", False):
-        _set_real_direction(model.speech_encoder, frontend, train_ds, cfg)
+    if real_mean is not None:
+        _set_real_direction(model.speech_encoder, frontend, train_ds, cfg, real_mean)
     sampler = SpeakerBatchSampler(train_ds.speaker_index, cfg.train.batch_size, seed=cfg.train.seed)
     loader = DataLoader(
         train_ds,
@@ -254,14 +255,30 @@ def train(cfg: EncoderStageConfig, *, resume: str | None = None, cpu: bool = Fal
     return export(accelerator, unwrapped, ema, frontend, cfg, run_dir, state, train_ds, val_ds)
 
 
+def _real_speech_mean(encoder: torch.nn.Module, cfg: EncoderStageConfig) -> torch.Tensor | None:
+    """Real speech's mean GE2E embedding where the encoder removes its real direction, else
+    None; `InputError` naming the file for one that does not fit the encoder."""
+    if not getattr(encoder.config, "remove_real_direction", False):
+        return None
+    real = real_speech_mean(cfg.ge2e_real_speech)
+    if real.shape != encoder.real_direction.shape:
+        path = cfg.ge2e_real_speech or REAL_SPEECH_FILE
+        dims = encoder.real_direction.numel()
+        raise InputError(path, f"holds a {real.numel()}-d mean, not GE2E's {dims}-d")
+    return real
+
+
 @torch.no_grad()
 def _set_real_direction(
-    encoder: torch.nn.Module, frontend: torch.nn.Module, train_ds: SpeechFaceDataset, cfg
+    encoder: torch.nn.Module,
+    frontend: torch.nn.Module,
+    train_ds: SpeechFaceDataset,
+    cfg: EncoderStageConfig,
+    real: torch.Tensor,
 ) -> None:
     """GE2E's real direction: from the mean partial embedding of up to REAL_DIRECTION_CLIPS
     training clips, each heard as it is and through the configured augmentation (as stage 1
-    hears them; seeded, the same on every rank), to real speech's (`cfg.ge2e_real_speech`)."""
-    real = real_speech_mean(cfg.ge2e_real_speech)
+    hears them; seeded, the same on every rank), to `real`, real speech's."""
     draws = torch.Generator().manual_seed(cfg.train.seed)
     order = torch.randperm(len(train_ds), generator=draws)[:REAL_DIRECTION_CLIPS].tolist()
     total, count = torch.zeros_like(real, dtype=torch.float64), 0
