@@ -167,7 +167,6 @@ CALIBRATION: tuple[Speaker, ...] = tuple(
     for lang in ("ca", "el", "en", "fr", "gl", "lt", "sl")
 )
 CALIBRATION_UTTERANCES = 100  # per folder: all its files
-REAL_SPEECH_FILE = Path(__file__).parents[1] / "src/scldm/models/ge2e_real_speech.json"
 
 
 # --- build: the speech set ----------------------------------------------------------------------
@@ -308,20 +307,22 @@ def build(out: Path, speakers: Sequence[Speaker] = SPEAKERS) -> Path:
 
 
 def calibrate(
-    out: Path = REAL_SPEECH_FILE,
+    out: Path | None = None,
     speakers: Sequence[Speaker] = CALIBRATION,
     ge2e_weights: Path | None = None,
 ) -> dict[str, Any]:
     """Real speech's mean GE2E partial embedding, over the speakers' files built into ~6 s
     utterances as `build` does, heard through the GE2E front end: written to OUT as JSON (what
-    `speech_encoder.remove_real_direction` reads; `scldm.models.ge2e.real_speech_mean`)."""
+    `speech_encoder.remove_real_direction` reads; `scldm.models.ge2e.real_speech_mean`). OUT
+    None: the file scldm ships, `scldm.models.ge2e.REAL_SPEECH_FILE`."""
     import torch
     from tqdm.auto import tqdm
 
     from scldm.audio.mel import MelFrontend
     from scldm.io import write_json
-    from scldm.models.ge2e import GE2E_PRESETS, GE2ESpeechEncoder
+    from scldm.models.ge2e import GE2E_PRESETS, REAL_SPEECH_FILE, GE2ESpeechEncoder
 
+    out = REAL_SPEECH_FILE if out is None else out
     frontend = MelFrontend()
     encoder = GE2ESpeechEncoder(**GE2E_PRESETS["tiny"]).eval()  # the head is not used
     weights = encoder.load_backbone(ge2e_weights)
@@ -347,7 +348,7 @@ def calibrate(
         "date": date.today().isoformat(),
     }
     write_json(out, result)
-    return result
+    return {**result, "out": out}
 
 
 # --- check: faces for the voices, read by the oracle -----------------------------------------
@@ -579,7 +580,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "calibrate",
         help="real speech's mean GE2E embedding, for speech_encoder.remove_real_direction",
     )
-    k.add_argument("--out", type=Path, default=REAL_SPEECH_FILE, help="(default: scldm's own)")
+    k.add_argument("--out", type=Path, help="(default: the file scldm ships)")
     k.add_argument("--ge2e-weights", type=Path, help="(default: the resemblyzer package's)")
     c = sub.add_parser("check", help="generate faces for the set and score their gender")
     c.add_argument("--model", type=Path, required=True, help="a pipeline folder")
@@ -607,7 +608,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       file=sys.stderr)  # fmt: skip
                 return 2
             result = calibrate(args.out, ge2e_weights=args.ge2e_weights)
-            print(f"wrote {args.out}: the mean of {result['partial_embeddings']} partial "
+            print(f"wrote {result['out']}: the mean of {result['partial_embeddings']} partial "
                   "embeddings")  # fmt: skip
             return 0
         result = check(
