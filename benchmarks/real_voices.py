@@ -195,15 +195,23 @@ def speaker_files(speaker: Speaker) -> list[Path]:
 
 
 def read_file(path: Path) -> np.ndarray:
-    """Mono float32 at 16 kHz. GSM through sox (libsndfile cannot read headerless GSM)."""
+    """Mono float32 at 16 kHz; `InputError` naming the file when it is not usable audio. GSM
+    through sox (libsndfile cannot read headerless GSM)."""
     import soundfile as sf
     import soxr
 
     if path.suffix == ".gsm":
         cmd = ["sox", "-t", "gsm", str(path), "-t", "raw", "-e", "signed-integer", "-b", "16"]
-        raw = subprocess.run([*cmd, "-r", str(SAMPLE_RATE), "-"], capture_output=True, check=True)
+        raw = subprocess.run([*cmd, "-r", str(SAMPLE_RATE), "-"], capture_output=True)
+        if raw.returncode != 0 or not raw.stdout:
+            raise InputError(path, "not a readable GSM file")
         return np.frombuffer(raw.stdout, "<i2").astype(np.float32) / 32768
-    wave, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    try:
+        wave, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError) as e:
+        raise InputError(path, f"not a readable audio file ({e})") from None
+    if not wave.size or not np.isfinite(wave).all():
+        raise InputError(path, "no finite audio samples")
     wave = wave.mean(axis=1)
     return soxr.resample(wave, sr, SAMPLE_RATE, quality="HQ") if sr != SAMPLE_RATE else wave
 
@@ -250,27 +258,45 @@ def utterances(
     return out
 
 
-def speaker_pieces(speaker: Speaker, max_utterances: int = MAX_UTTERANCES) -> list[np.ndarray]:
+def speaker_pieces(
+    speaker: Speaker, max_utterances: int = MAX_UTTERANCES
+) -> tuple[list[np.ndarray], list[Path]]:
     """The speaker's files, silences trimmed, each loudness-matched (RMS): enough for
-    `max_utterances` utterances."""
+    `max_utterances` utterances; and the files skipped as unreadable."""
     budget = max_utterances * (UTTERANCE_SECONDS + MAX_FILE_SECONDS) * SAMPLE_RATE
-    pieces, used = [], 0
+    pieces, unreadable, used = [], [], 0
     for path in speaker_files(speaker):
-        piece = trim_silence(read_file(path))
+        try:
+            piece = trim_silence(read_file(path))
+        except InputError:
+            unreadable.append(path)
+            continue
         if not 0.2 * SAMPLE_RATE <= len(piece) <= MAX_FILE_SECONDS * SAMPLE_RATE:
+            continue
+        if not np.any(piece):  # digital silence: no loudness to match
             continue
         pieces.append(0.1 * piece / np.sqrt(np.mean(piece.astype(np.float64) ** 2)))
         used += len(piece) + GAP_SECONDS * SAMPLE_RATE
         if used >= budget:
             break
+    return pieces, unreadable
+
+
+def readable_pieces(speaker: Speaker, max_utterances: int, unreadable: list[Path]) -> list:
+    """`speaker_pieces`, its unreadable files added to `unreadable`; `InputError` naming the
+    folder when none is left."""
+    pieces, bad = speaker_pieces(speaker, max_utterances)
+    unreadable.extend(bad)
+    if not pieces:
+        raise InputError(speaker.folder, f"{speaker.name}: no readable speech")
     return pieces
 
 
-def build_speaker(speaker: Speaker, out: Path) -> list[Path]:
-    """OUT/<speaker>/<n>.wav."""
+def build_speaker(speaker: Speaker, out: Path, unreadable: list[Path]) -> list[Path]:
+    """OUT/<speaker>/<n>.wav; files that cannot be read are skipped and added to `unreadable`."""
     import soundfile as sf
 
-    waves = utterances(speaker_pieces(speaker))
+    waves = utterances(readable_pieces(speaker, MAX_UTTERANCES, unreadable))
     short = min(len(w) for w in waves) / SAMPLE_RATE
     if short < MIN_UTTERANCE_SECONDS:
         raise InputError(speaker.folder, f"{speaker.name}: an utterance of only {short:.1f} s")
@@ -283,13 +309,16 @@ def build_speaker(speaker: Speaker, out: Path) -> list[Path]:
     return paths
 
 
-def build(out: Path, speakers: Sequence[Speaker] = SPEAKERS) -> Path:
-    """Write OUT/<speaker>/*.wav and OUT/labels.csv; returns the labels file."""
+def build(out: Path, speakers: Sequence[Speaker] = SPEAKERS) -> tuple[Path, list[Path]]:
+    """Write OUT/<speaker>/*.wav and then OUT/labels.csv (the set is whole once it exists);
+    returns the labels file and the source files skipped as unreadable."""
     from tqdm.auto import tqdm
 
-    rows = []
+    from scldm.io import write_csv
+
+    rows, unreadable = [], []
     for speaker in tqdm(speakers, desc="building", unit="speaker"):
-        build_speaker(speaker, out)
+        build_speaker(speaker, out, unreadable)
         source = f"{speaker.package}: {speaker.folder}"
         if speaker.include != ".":
             source += f" (files matching {speaker.include})"
@@ -298,12 +327,7 @@ def build(out: Path, speakers: Sequence[Speaker] = SPEAKERS) -> Path:
             "group": speaker.group, "language": speaker.language, "source": source,
             "label_basis": speaker.basis,
         })  # fmt: skip
-    labels = out / "labels.csv"
-    with labels.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return labels
+    return write_csv(out / "labels.csv", rows), unreadable
 
 
 def calibrate(
@@ -327,8 +351,10 @@ def calibrate(
     encoder = GE2ESpeechEncoder(**GE2E_PRESETS["tiny"]).eval()  # the head is not used
     weights = encoder.load_backbone(ge2e_weights)
     total, partials, sources = torch.zeros(encoder.config.ge2e_dim, dtype=torch.float64), 0, []
+    unreadable: list[Path] = []
     for speaker in tqdm(speakers, desc="calibrating", unit="folder"):
-        waves = utterances(speaker_pieces(speaker, CALIBRATION_UTTERANCES), CALIBRATION_UTTERANCES)
+        pieces = readable_pieces(speaker, CALIBRATION_UTTERANCES, unreadable)
+        waves = utterances(pieces, CALIBRATION_UTTERANCES)
         waves = [w for w in waves if len(w) >= MIN_UTTERANCE_SECONDS * SAMPLE_RATE]
         if not waves:
             raise InputError(speaker.folder, f"{speaker.name}: no utterance of real speech")
@@ -348,7 +374,7 @@ def calibrate(
         "date": date.today().isoformat(),
     }
     write_json(out, result)
-    return {**result, "out": out}
+    return {**result, "out": out, "unreadable": unreadable}
 
 
 # --- check: faces for the voices, read by the oracle -----------------------------------------
@@ -399,7 +425,7 @@ def summarize(speaker: Mapping[str, Any], faces: Sequence[Mapping[str, Any]]) ->
     vote = "f" if p.mean() > 0.5 else "m"
     return {
         "speaker": speaker["speaker"], "gender": speaker["gender"], "group": speaker["group"],
-        "language": speaker.get("language", ""), "utterances": len(speaker["audio"]),
+        "language": speaker.get("language", ""), "utterances": len({f["utterance"] for f in faces}),
         "p_female": float(p.mean()), "read_female": float((p > 0.5).mean()), "vote": vote,
         "correct": vote == speaker["gender"] if speaker["gender"] else None,
         "age_median": float(np.median(age)),
@@ -449,6 +475,12 @@ def summary_line(s: Mapping[str, Any]) -> str:
     )
 
 
+def print_skipped(unreadable: Sequence[Any]) -> None:
+    """'skipped N unreadable files (the first: ...)', where there are any."""
+    if unreadable:
+        print(f"skipped {len(unreadable)} unreadable files (the first: {unreadable[0]})")
+
+
 def label_cell(r: Mapping[str, Any], size: int) -> Any:
     from PIL import Image, ImageDraw, ImageFont
 
@@ -473,6 +505,7 @@ def check(
     from scldm.evaluation.generators import describe, load_generator
     from scldm.evaluation.synthvox_oracle import SynthVoxOracle
     from scldm.faces import make_grid, save_image, to_pil
+    from scldm.io import write_text
 
     if faces < 1:
         raise InputError(None, f"--faces must be at least 1, got {faces}")
@@ -483,36 +516,43 @@ def check(
     reader = SynthVoxOracle.from_pretrained(oracle).eval()
     female = reader.class_names["gender"].index("f")
     torch.manual_seed(seed)
-    rows, grid_images = [], {}
+    rows, grid_images, unreadable = [], {}, []
     bar = tqdm(total=sum(len(s["audio"]) for s in speakers) * faces, desc="faces", unit="face")
     for s in speakers:
         readings = []
-        for u, audio in enumerate(s["audio"]):
+        for audio in s["audio"]:
+            bar.update(faces)
             gens = [
                 torch.Generator().manual_seed(face_seed(seed, s["speaker"], audio.name, k))
                 for k in range(faces)
             ]
+            try:
+                with torch.no_grad():
+                    images = generator([audio] * faces, gens)  # (K, 3, H, W) in [-1, 1]
+            except InputError as e:  # a damaged file: skipped and counted
+                unreadable.append(str(e))
+                continue
             with torch.no_grad():
-                images = generator([audio] * faces, gens)  # (K, 3, H, W) in [-1, 1]
                 pred = reader.predict_attributes(images)
             for k in range(faces):
                 p, age = float(pred["gender"][k, female]), float(pred["age"][k])
                 readings.append({"utterance": audio.name, "k": k, "p_female": p, "age": age})
-            if u == 0:
-                grid_images[s["speaker"]] = [to_pil(im) for im in images]
-            bar.update(faces)
-        rows.append(summarize(s, readings))
+            grid_images.setdefault(s["speaker"], [to_pil(im) for im in images])
+        if readings:
+            rows.append(summarize(s, readings))
     bar.close()
+    if not rows:
+        raise InputError(voices, f"no readable utterance ({unreadable[0]})")
     summary = balanced_accuracy(rows)
     result = {
         "name": name, "model": str(model), "model_info": describe(model), "oracle": str(oracle),
         "voices": str(voices), "date": date.today().isoformat(), "faces_per_utterance": faces,
-        "seed": seed, "summary": summary, "speakers": rows,
+        "seed": seed, "summary": summary, "speakers": rows, "unreadable": unreadable,
     }  # fmt: skip
     stem = results / f"real_voices_{name}"
     results.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    stem.with_suffix(".md").write_text(report(result))
+    write_text(stem.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
+    write_text(stem.with_suffix(".md"), report(result))
     size = max(96, generator.image_size)
     cells, captions = [], []
     for r in rows:
@@ -600,7 +640,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     file=sys.stderr,
                 )
                 return 2
-            print(build(args.out))
+            labels, unreadable = build(args.out)
+            print_skipped(unreadable)
+            print(labels)
             return 0
         if args.command == "calibrate":
             if missing := missing_packages(CALIBRATION):
@@ -608,6 +650,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                       file=sys.stderr)  # fmt: skip
                 return 2
             result = calibrate(args.out, ge2e_weights=args.ge2e_weights)
+            print_skipped(result["unreadable"])
             print(f"wrote {result['out']}: the mean of {result['partial_embeddings']} partial "
                   "embeddings")  # fmt: skip
             return 0
@@ -621,6 +664,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in result["speakers"]:
         print(speaker_line(r))
     print(summary_line(result["summary"]))
+    print_skipped(result["unreadable"])
     stem = args.results / f"real_voices_{args.name}"
     print(f"wrote {stem}.md, .json, .png")
     return 0

@@ -125,6 +125,24 @@ def test_check_end_to_end_matches_the_json_and_the_oracle(setup, capsys):
     assert again["speakers"] == result["speakers"]
 
 
+def test_check_skips_and_counts_a_damaged_utterance(setup, capsys, tmp_path):
+    import shutil
+
+    voices = tmp_path / "voices"
+    shutil.copytree(setup["voices"], voices)
+    damaged = voices / "woman" / "2.wav"
+    damaged.write_bytes(b"RIFF, but not audio")
+    clean = dict(setup, root=tmp_path / "clean")
+    assert run_check(clean, capsys, "clean")[0] == 0
+    status, out, err = run_check(dict(setup, voices=voices, root=tmp_path), capsys, "damaged")
+    assert status == 0 and "Traceback" not in err
+    assert f"skipped 1 unreadable files (the first: {damaged}" in out
+    result = json.loads((tmp_path / "res" / "real_voices_damaged.json").read_text())
+    before = json.loads((tmp_path / "clean" / "res" / "real_voices_clean.json").read_text())
+    assert len(result["unreadable"]) == 1 and str(damaged) in result["unreadable"][0]
+    assert result["speakers"] == before["speakers"]  # the others' faces and votes unchanged
+
+
 def test_balanced_accuracy_on_hand_made_votes():
     def row(gender, vote, group="adult", age=40.0):
         return {"gender": gender, "vote": vote, "group": group, "age_median": age}
@@ -173,7 +191,8 @@ def test_build_names_the_missing_package(monkeypatch, tmp_path, capsys):
 def test_build_from_the_debian_packages(tmp_path):
     if missing := real_voices.missing_packages(real_voices.SPEAKERS):
         pytest.skip(f"Debian packages not installed: {' '.join(missing)}")
-    labels = real_voices.build(tmp_path / "voices")
+    labels, unreadable = real_voices.build(tmp_path / "voices")
+    assert unreadable == []
     with labels.open(newline="") as f:
         rows = list(csv.DictReader(f))
     adults = [r for r in rows if r["group"] == "adult"]
@@ -201,8 +220,10 @@ def test_calibrate_writes_the_mean_real_embedding_that_stage_1_reads(monkeypatch
         folders.append(
             real_voices.Speaker(f"v{i}", "", "child", "xx", "pkg", str(tmp_path / f"v{i}"), "")
         )
+    (tmp_path / "v0" / "w3.wav").write_bytes(b"RIFF, but not audio")  # skipped and counted
     out = tmp_path / "real.json"
     result = real_voices.calibrate(out, folders)
+    assert result["unreadable"] == [tmp_path / "v0" / "w3.wav"]
     assert [s["utterances"] for s in result["sources"]] == [1, 1]
     assert result["partial_embeddings"] > 2  # several 1.6 s windows of each 6 s utterance
     mean = real_speech_mean(out)  # what stage 1 reads
