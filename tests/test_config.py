@@ -169,7 +169,7 @@ def test_the_real_voices_preset_is_small_with_augmentation_and_v_prediction():
     small2 = load_config(DiffusionStageConfig, "small", stage="train")
     real2 = load_config(DiffusionStageConfig, "small-real", stage="train")
     assert small2.unet == real2.unet == {"preset": "small_h4"}
-    assert (small2.train.max_steps, real2.train.max_steps) == (4500, 1600)
+    assert (small2.train.max_steps, real2.train.max_steps) == (4500, 2000)
     assert small2.lambda_train == real2.lambda_train == 1.0
     assert small2.sampling.prior_scale == real2.sampling.prior_scale == 1.0
     assert small2.sampling.temperature == real2.sampling.temperature == 1.0
