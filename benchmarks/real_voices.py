@@ -258,13 +258,12 @@ def utterances(
     return out
 
 
-def speaker_pieces(
-    speaker: Speaker, max_utterances: int = MAX_UTTERANCES
-) -> tuple[list[np.ndarray], list[Path]]:
+def speaker_pieces(speaker: Speaker, max_utterances: int, unreadable: list[Path]) -> list:
     """The speaker's files, silences trimmed, each loudness-matched (RMS): enough for
-    `max_utterances` utterances; and the files skipped as unreadable."""
+    `max_utterances` utterances. Files that cannot be read are skipped and added to
+    `unreadable`; `InputError` naming the folder when no speech is left."""
     budget = max_utterances * (UTTERANCE_SECONDS + MAX_FILE_SECONDS) * SAMPLE_RATE
-    pieces, unreadable, used = [], [], 0
+    pieces, used = [], 0
     for path in speaker_files(speaker):
         try:
             piece = trim_silence(read_file(path))
@@ -279,14 +278,6 @@ def speaker_pieces(
         used += len(piece) + GAP_SECONDS * SAMPLE_RATE
         if used >= budget:
             break
-    return pieces, unreadable
-
-
-def readable_pieces(speaker: Speaker, max_utterances: int, unreadable: list[Path]) -> list:
-    """`speaker_pieces`, its unreadable files added to `unreadable`; `InputError` naming the
-    folder when none is left."""
-    pieces, bad = speaker_pieces(speaker, max_utterances)
-    unreadable.extend(bad)
     if not pieces:
         raise InputError(speaker.folder, f"{speaker.name}: no readable speech")
     return pieces
@@ -296,7 +287,7 @@ def build_speaker(speaker: Speaker, out: Path, unreadable: list[Path]) -> list[P
     """OUT/<speaker>/<n>.wav; files that cannot be read are skipped and added to `unreadable`."""
     import soundfile as sf
 
-    waves = utterances(readable_pieces(speaker, MAX_UTTERANCES, unreadable))
+    waves = utterances(speaker_pieces(speaker, MAX_UTTERANCES, unreadable))
     short = min(len(w) for w in waves) / SAMPLE_RATE
     if short < MIN_UTTERANCE_SECONDS:
         raise InputError(speaker.folder, f"{speaker.name}: an utterance of only {short:.1f} s")
@@ -353,7 +344,7 @@ def calibrate(
     total, partials, sources = torch.zeros(encoder.config.ge2e_dim, dtype=torch.float64), 0, []
     unreadable: list[Path] = []
     for speaker in tqdm(speakers, desc="calibrating", unit="folder"):
-        pieces = readable_pieces(speaker, CALIBRATION_UTTERANCES, unreadable)
+        pieces = speaker_pieces(speaker, CALIBRATION_UTTERANCES, unreadable)
         waves = utterances(pieces, CALIBRATION_UTTERANCES)
         waves = [w for w in waves if len(w) >= MIN_UTTERANCE_SECONDS * SAMPLE_RATE]
         if not waves:
