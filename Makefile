@@ -62,8 +62,7 @@ lint: install
 # its "real recording" direction, so that real voices work too
 # (docs/notes/2026-12-02-real-voices-ge2e-direction.md); its steps are cut to fit a laptop.
 # Stage 2 runs small-real's own (2,000 v-prediction UNet steps on 4 × 16 × 16 latents, ~8 min;
-# docs/notes/2026-12-01-v-prediction-demo.md; 2,000 rather than 1,600 keeps SynthVox gender with
-# the GE2E speech side, docs/notes/2026-12-02-real-voices-ge2e-direction.md). Stage 2 first refines the face decoder (1,600
+# docs/notes/2026-12-01-v-prediction-demo.md). Stage 2 first refines the face decoder (1,600
 # steps, ~5 min; in bfloat16 where the CPU runs it natively): on the demo's validation voices
 # its faces are harder to tell from true ones and read gender better
 # (docs/notes/2026-12-01-decoder-luma-and-the-demo.md, docs/notes/2026-12-02-decoder-bf16.md).
