@@ -266,3 +266,46 @@ def test_refine_with_a_weighted_region_fits_it_better_and_is_keyed_apart(setup):
     with pytest.raises(InputError, match="recon_region.weight: expected > 0, got -1"):
         bad = ["decoder.recon_region.weight=-1"]
         load_config(DiffusionStageConfig, "small", bad, stage="train")
+
+
+def test_the_anchor_holds_the_face_outside_the_discriminators_box(setup, monkeypatch):
+    """`anchor` holds the decoder's output outside `adversarial.box` to a frozen copy of the
+    decoder taken when the discriminator starts: from that copy, the anchored decoder's output
+    moves far less outside the box than the free one's, while inside it both move; the two runs
+    are the same up to that step, the anchored one is keyed apart, and an anchor without a box
+    to spare is refused in one line."""
+    from scldm.config import AdversarialConfig
+    from scldm.losses import box_mask
+    from scldm.training import decoder as module
+
+    data, encoders, cache = setup
+    latents, faces = unique_faces(cache, data, encoders.image_size)
+    box = (0.25, 0.25, 0.5, 0.75)
+    gan = AdversarialConfig(weight=0.5, feature_matching=1.0, start_step=20, box=box,
+                            discriminator={"preset": "tiny"})  # fmt: skip
+    free = DecoderRefineConfig(steps=60, lr=1e-2, batch_size=8, loss="mse", adversarial=gan)
+    held = dataclasses.replace(free, anchor=10.0)
+    copies = []
+    deepcopy = module.copy.deepcopy
+    monkeypatch.setattr(module.copy, "deepcopy", lambda x: copies.append(deepcopy(x)) or copies[-1])
+    a = refine(encoders.face_decoder, latents, faces, held, progress=False)
+    teacher = copies[-1]  # the copy taken at the start step
+    b = refine(encoders.face_decoder, latents, faces, free, progress=False)
+    assert len(copies) == 3 and not teacher.training
+
+    inside = box_mask(faces.shape[-1], box).bool()
+
+    def moved(decoder):  # mean |output − the copy's| inside and outside the box
+        with torch.no_grad():
+            change = (decoder(latents) - teacher(latents)).abs().mean((0, 1))
+        return change[inside].mean().item(), change[~inside].mean().item()
+
+    (a_in, a_out), (_, b_out) = moved(a), moved(b)
+    assert a_out < 0.5 * b_out  # measured: 0.024 against 0.074
+    assert a_in > 2 * a_out  # measured: 0.139 inside (free: 0.097)
+    assert refine_key(encoders, cache, held) != refine_key(encoders, cache, free)
+    with pytest.raises(InputError, match="decoder.anchor: holds the face outside"):
+        dataclasses.replace(free, adversarial=dataclasses.replace(gan, box=(0.0, 0.0, 1.0, 1.0)),
+                            anchor=1.0)  # fmt: skip
+    with pytest.raises(InputError, match="decoder.anchor: expected ≥ 0, got -1"):
+        load_config(DiffusionStageConfig, "small", ["decoder.anchor=-1"], stage="train")

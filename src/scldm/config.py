@@ -270,7 +270,11 @@ class DecoderRefineConfig:
     architecture with these constructor keys replaced (`preset: NAME` names a
     FACE_DECODER_PRESETS entry, e.g. `small_h4_wide`; the latent channels, face size and number
     of upsamplings stay stage 1's). `recon_region`: a box of the face whose pixel errors weigh
-    more, as stage 1's option of that name (weight 1, the default: every pixel alike)."""
+    more, as stage 1's option of that name (weight 1, the default: every pixel alike).
+    `anchor`: with a discriminator shown only a box of the face (`adversarial.box`), the weight
+    of an L1 term that holds the decoder's output outside that box to the output of the decoder
+    as it was when the discriminator started (a frozen copy), so that what the discriminator asks
+    of the box is not drawn elsewhere by the decoder's shared filters (0: no anchor)."""
 
     steps: int = 0
     lr: float = 1e-3
@@ -280,6 +284,17 @@ class DecoderRefineConfig:
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
     model: Mapping[str, Any] | None = None
     recon_region: ReconRegionConfig = field(default_factory=ReconRegionConfig)
+    anchor: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.anchor < 0:
+            raise InputError(None, f"decoder.anchor: expected ≥ 0, got {self.anchor:g}")
+        if self.anchor and (not self.adversarial.enabled or self.adversarial.box == WHOLE_FACE):
+            raise InputError(
+                None,
+                "decoder.anchor: holds the face outside decoder.adversarial.box, so it needs a "
+                "discriminator (adversarial.weight or feature_matching > 0) shown a box",
+            )
 
 
 @dataclass(frozen=True)

@@ -94,14 +94,21 @@ def clip_loss(
     return loss, {"accuracy": accuracy.detach(), "logit_scale": scale.detach()}
 
 
+def box_mask(size: int, box: tuple[float, float, float, float]) -> torch.Tensor:
+    """(size, size) float: 1 inside `box` (top, left, bottom, right, fractions of the face,
+    rounded to whole pixels, as `Adversary.shown` crops it), 0 outside."""
+    top, left, bottom, right = (round(f * size) for f in box)
+    mask = torch.zeros(size, size)
+    mask[top:bottom, left:right] = 1
+    return mask
+
+
 def region_weights(
     size: int, box: tuple[float, float, float, float], weight: float
 ) -> torch.Tensor:
-    """Pixel weights (size, size) that weigh `box` (top, left, bottom, right, fractions of the
-    face, rounded to whole pixels) `weight` times the rest, scaled to mean 1."""
-    top, left, bottom, right = (round(f * size) for f in box)
-    weights = torch.ones(size, size)
-    weights[top:bottom, left:right] = weight
+    """Pixel weights (size, size) that weigh `box` (`box_mask`) `weight` times the rest,
+    scaled to mean 1."""
+    weights = torch.where(box_mask(size, box).bool(), weight, 1.0)
     return weights / weights.mean()
 
 

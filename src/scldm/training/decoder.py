@@ -38,7 +38,7 @@ from scldm.config import DecoderRefineConfig, OptimConfig, component_kwargs
 from scldm.errors import InputError
 from scldm.evaluation.metrics import psnr
 from scldm.faces import load_face_tensor
-from scldm.losses import region_weights
+from scldm.losses import box_mask, region_weights
 from scldm.models import FaceDecoder
 from scldm.models.blocks import POOL
 from scldm.models.face_decoder import FACE_DECODER_PRESETS
@@ -84,8 +84,9 @@ def refine(
     with `cfg.loss` "mse", the squared error in [-1, 1], random batches of `cfg.batch_size`
     drawn from a seeded generator; with `cfg.recon_region`, each pixel's error weighed by
     `region_weights`; with `cfg.adversarial`, against a PatchGAN from its
-    `start_step` on, as stage 1 trains it; in channels-last layout, autocast to bfloat16 when
-    `cfg.precision` asks for it), returned on the CPU in eval mode."""
+    `start_step` on, as stage 1 trains it, and with `cfg.anchor`, held outside the
+    discriminator's box to a frozen copy of itself taken at that step; in channels-last layout,
+    autocast to bfloat16 when `cfg.precision` asks for it), returned on the CPU in eval mode."""
     device = torch.device(device)
     bf16 = use_bf16(cfg.precision, device)
     decoder = copy.deepcopy(decoder).float().to(device, memory_format=torch.channels_last)
@@ -106,6 +107,9 @@ def refine(
     weights = None  # the default, every pixel alike, keeps the plain loss (bitwise as before)
     if region.weight != 1.0:
         weights = region_weights(faces.shape[-1], region.box, region.weight).to(device)
+    teacher, outside = None, None  # `cfg.anchor`: the frozen copy and where it holds
+    if cfg.anchor:
+        outside = 1 - box_mask(faces.shape[-1], cfg.adversarial.box).to(device)
     bar = tqdm(range(cfg.steps), desc="refining the face decoder", disable=not progress or None)
     for step in bar:
         idx = torch.randint(len(latents), (min(cfg.batch_size, len(latents)),), generator=g)
@@ -122,6 +126,13 @@ def refine(
         if adversarial:
             extra, _ = adversary.generator_terms(reconstruction, target, rec)
             loss = loss + extra
+        if adversarial and cfg.anchor:
+            if teacher is None:  # the decoder as it is when the discriminator starts
+                teacher = copy.deepcopy(decoder).eval().requires_grad_(False)
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                held = teacher(z).float()
+            drift = ((reconstruction - held).abs() * outside).sum()  # mean over what it holds
+            loss = loss + cfg.anchor * drift / (outside.sum() * reconstruction[..., 0, 0].numel())
         factor = lr_at(step, optim, cfg.steps)
         set_lr(opt, factor)
         opt.zero_grad(set_to_none=True)
@@ -206,6 +217,8 @@ def refine_key(
         h.update(b"|bf16")
     if cfg.recon_region.weight != 1.0:  # and those with every pixel alike
         h.update(f"|region={cfg.recon_region.box}x{cfg.recon_region.weight}".encode())
+    if cfg.anchor:  # and those without an anchor
+        h.update(f"|anchor={cfg.anchor}".encode())
     if cfg.model:  # and so do those that refine stage 1's decoder
         kwargs = decoder_model_kwargs(encoders.face_decoder, cfg.model)
         h.update(f"|model={json.dumps(kwargs, sort_keys=True, default=list)}".encode())
@@ -252,6 +265,8 @@ def refined_decoder(
         info["adversarial"] = dataclasses.asdict(cfg.adversarial)
     if cfg.recon_region.weight != 1.0:
         info["recon_region"] = dataclasses.asdict(cfg.recon_region)
+    if cfg.anchor:
+        info["anchor"] = cfg.anchor
     if cfg.model:
         info["model"] = dict(cfg.model)
         info["widths"] = list(decoder.config.widths)
