@@ -19,6 +19,9 @@ from conftest import SR, random_tiny_pipeline, write_wav
 from scldm.evaluation.synthvox_oracle import SynthVoxOracle
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "real_voices.py"
+sys.path.append(str(SCRIPT.parent))  # its own imports: the speech set
+import speech_set  # noqa: E402
+
 spec = importlib.util.spec_from_file_location("real_voices", SCRIPT)
 real_voices = importlib.util.module_from_spec(spec)
 sys.modules["real_voices"] = real_voices  # its dataclasses look their module up
@@ -181,7 +184,7 @@ def test_check_bad_input_exits_2_naming_the_file(setup, capsys, tmp_path, proble
 
 
 def test_build_names_the_missing_package(monkeypatch, tmp_path, capsys):
-    gone = real_voices.Speaker("x", "f", "adult", "xx", "some-voices-pkg", "/nonexistent", "")
+    gone = speech_set.Speaker("x", "f", "adult", "xx", "some-voices-pkg", "/nonexistent", "")
     monkeypatch.setattr(real_voices, "SPEAKERS", (gone,))
     assert real_voices.main(["build", "--out", str(tmp_path / "v")]) == 2
     err = capsys.readouterr().err
@@ -189,9 +192,9 @@ def test_build_names_the_missing_package(monkeypatch, tmp_path, capsys):
 
 
 def test_build_from_the_debian_packages(tmp_path):
-    if missing := real_voices.missing_packages(real_voices.SPEAKERS):
+    if missing := speech_set.missing_packages(speech_set.SPEAKERS):
         pytest.skip(f"Debian packages not installed: {' '.join(missing)}")
-    labels, unreadable = real_voices.build(tmp_path / "voices")
+    labels, unreadable = speech_set.build(tmp_path / "voices")
     assert unreadable == []
     with labels.open(newline="") as f:
         rows = list(csv.DictReader(f))
@@ -206,6 +209,13 @@ def test_build_from_the_debian_packages(tmp_path):
             info = sf.info(str(wav))
             assert (info.samplerate, info.channels, info.subtype) == (SR, 1, "PCM_16")
             assert info.duration >= 4.0
+    # the same set on every build, the GSM voices too (sox's dither would make them differ)
+    gsm = [s for s in speech_set.SPEAKERS if s.folder.endswith(("/es", "/fr"))]
+    again, _ = speech_set.build(tmp_path / "again", gsm)
+    assert gsm and all(
+        wav.read_bytes() == (labels.parent / wav.relative_to(again.parent)).read_bytes()
+        for wav in again.parent.rglob("*.wav")
+    )
 
 
 def test_calibrate_writes_the_mean_real_embedding_that_stage_1_reads(monkeypatch, tmp_path, capsys):
@@ -218,11 +228,11 @@ def test_calibrate_writes_the_mean_real_embedding_that_stage_1_reads(monkeypatch
         for k in range(3):
             write_wav(tmp_path / f"v{i}" / f"w{k}.wav", harmonic_voice(f0, 2.0, seed=3 * i + k))
         folders.append(
-            real_voices.Speaker(f"v{i}", "", "child", "xx", "pkg", str(tmp_path / f"v{i}"), "")
+            speech_set.Speaker(f"v{i}", "", "child", "xx", "pkg", str(tmp_path / f"v{i}"), "")
         )
     (tmp_path / "v0" / "w3.wav").write_bytes(b"RIFF, but not audio")  # skipped and counted
     out = tmp_path / "real.json"
-    result = real_voices.calibrate(out, folders)
+    result = speech_set.calibrate(out, folders)
     assert result["unreadable"] == [tmp_path / "v0" / "w3.wav"]
     assert [s["utterances"] for s in result["sources"]] == [1, 1]
     assert result["partial_embeddings"] > 2  # several 1.6 s windows of each 6 s utterance
@@ -230,7 +240,7 @@ def test_calibrate_writes_the_mean_real_embedding_that_stage_1_reads(monkeypatch
     assert mean.shape == (256,) and 0.3 < float(mean.norm()) <= 1.0
     assert json.loads(out.read_text())["ge2e_weights_sha256"] and not list(tmp_path.glob("*.tmp"))
     # a folder that is not installed: one line naming the package, exit 2, nothing written
-    gone = real_voices.Speaker("x", "", "child", "xx", "some-voices-pkg", "/nonexistent", "")
+    gone = speech_set.Speaker("x", "", "child", "xx", "some-voices-pkg", "/nonexistent", "")
     monkeypatch.setattr(real_voices, "CALIBRATION", (gone,))
     capsys.readouterr()  # calibrate's progress bar
     assert real_voices.main(["calibrate", "--out", str(tmp_path / "never.json")]) == 2
