@@ -242,7 +242,11 @@ def refined_decoder(
         raise InputError(None, f"decoder: steps ≥ 0, batch_size ≥ 1 and lr > 0 needed, got {cfg}")
     if cfg.steps == 0:
         if cfg.model:
-            raise InputError(None, "decoder.model: a new decoder needs decoder.steps > 0")
+            raise InputError(
+                None,
+                "decoder.model: a new decoder needs decoder.steps > 0 (to ship stage 1's decoder "
+                "as it is, also set decoder.model=null)",
+            )
         return encoders.face_decoder
     bf16 = use_bf16(cfg.precision, torch.device(device))
     path = encoders.path.parent / "cache" / f"decoder-{refine_key(encoders, cache, cfg, bf16=bf16)}"
