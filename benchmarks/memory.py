@@ -133,7 +133,8 @@ def plan(args: argparse.Namespace, work: Path) -> list[tuple[str, list[str]]]:
             "train",
             [*scldm, "train", "--encoders", str(work / "enc"), "--data", str(data), "--out",
              str(work / "ldm"), "--config", args.preset, *cut, "--set",
-             f"decoder.steps={min(args.steps, 50)}"],
+             f"decoder.steps={min(args.steps, 50)}", "--set",
+             f"decoder.adversarial.start_step={min(args.steps, 50) // 2}"],
         ),
     ]  # fmt: skip
     pipeline = str(work / "ldm" / "pipeline")

@@ -114,6 +114,14 @@ def test_refine_against_a_patchgan_is_deterministic_and_keyed_apart(setup, monke
         assert torch.equal(v, b.state_dict()[k]), k
     assert any(not torch.equal(v, l1.state_dict()[k]) for k, v in a.state_dict().items())
     assert refine_key(encoders, cache, cfg) != refine_key(encoders, cache, plain)
+    # a discriminator that would start after the last step is refused when the config loads
+    # (small's starts at step 1,500 of 3,000)
+    with pytest.raises(InputError, match=r"start_step: 1500 ≥ decoder.steps 1000, so the "):
+        load_config(DiffusionStageConfig, "small", ["decoder.steps=1000"], stage="train")
+    assert (
+        load_config(DiffusionStageConfig, "small", ["decoder.steps=0"], stage="train").decoder.steps
+        == 0
+    )
 
 
 def test_refine_in_bfloat16_learns_close_to_float32_and_is_keyed_apart(setup, monkeypatch):

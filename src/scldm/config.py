@@ -289,6 +289,15 @@ class DecoderRefineConfig:
     def __post_init__(self) -> None:
         if self.anchor < 0:
             raise InputError(None, f"decoder.anchor: expected ≥ 0, got {self.anchor:g}")
+        start = self.adversarial.start_step
+        if self.steps > 0 and self.adversarial.enabled and start >= self.steps:
+            raise InputError(
+                None,
+                f"decoder.adversarial.start_step: {start} ≥ decoder.steps {self.steps}, so the "
+                f"discriminator would never play; start it earlier (e.g. "
+                f"decoder.adversarial.start_step={self.steps // 2}) or switch it off "
+                "(decoder.adversarial.weight=0 decoder.adversarial.feature_matching=0)",
+            )
         if self.anchor and (not self.adversarial.enabled or self.adversarial.box == WHOLE_FACE):
             raise InputError(
                 None,
