@@ -145,13 +145,25 @@ def test_a_config_extends_another_and_updates_its_keys(tmp_path):
 
 
 def test_the_real_voices_preset_is_small_with_augmentation_and_v_prediction():
-    from scldm.config import NOISE_SCHEDULE, DiffusionStageConfig, EncoderStageConfig
+    from scldm.config import (
+        NOISE_SCHEDULE,
+        WHOLE_FACE,
+        DiffusionStageConfig,
+        EncoderStageConfig,
+        ReconRegionConfig,
+    )
+
+    EYE_BAND = (0.34375, 0.25, 0.53125, 0.75)
 
     small = load_config(EncoderStageConfig, "small", stage="pretrain")
     real = load_config(EncoderStageConfig, "small-real", stage="pretrain")
     assert not small.augment.enabled and real.augment.enabled
-    # small on the 8 × 16 × 16 latent, the demo on 4 × 16 × 16 without the decoder's position bias
-    assert small.face_encoder == small.face_decoder == {"preset": "small_h4", "latent_channels": 8}
+    # small on the 8 × 16 × 16 latent of the wide encoder, its eye band weighed 8 times in L_rec;
+    # the demo on 4 × 16 × 16 without the decoder's position bias, every pixel alike
+    assert small.face_encoder == {"preset": "small_h4_wide", "latent_channels": 8}
+    assert small.face_decoder == {"preset": "small_h4", "latent_channels": 8}
+    assert small.recon_region == ReconRegionConfig(box=EYE_BAND, weight=8.0)
+    assert real.recon_region == ReconRegionConfig()
     assert real.face_encoder == {"preset": "small_h4", "latent_channels": 4}
     assert real.face_decoder == {"preset": "small_h4", "latent_channels": 4, "position_bias": False}
     # the demo hears with GE2E, its real-recording direction removed
@@ -163,6 +175,7 @@ def test_the_real_voices_preset_is_small_with_augmentation_and_v_prediction():
         augment=small.augment,
         face_encoder=small.face_encoder,
         face_decoder=small.face_decoder,
+        recon_region=small.recon_region,
     )
     assert same == small
     # stage 2: both UNets predict v at zero terminal SNR; the demo's with fewer steps, more guidance
@@ -182,7 +195,13 @@ def test_the_real_voices_preset_is_small_with_augmentation_and_v_prediction():
     # in bfloat16 where the machine runs it natively; the demo for fewer steps
     assert small2.decoder.loss == real2.decoder.loss == "mse"
     assert small2.decoder.precision == real2.decoder.precision == "auto"
-    assert (small2.decoder.steps, real2.decoder.steps) == (2400, 1600)
+    assert (small2.decoder.steps, real2.decoder.steps) == (3000, 1600)
+    # small's decoder plays against a discriminator shown the same eye band from step 1,500; the
+    # demo's against none (docs/notes/2026-12-03-small-eyes.md)
+    assert small2.decoder.adversarial.enabled and not real2.decoder.adversarial.enabled
+    assert small2.decoder.adversarial.box == EYE_BAND == small.recon_region.box
+    assert small2.decoder.adversarial.start_step == 1500
+    assert real2.decoder.adversarial.box == WHOLE_FACE
     # small ships a new, twice-as-wide decoder trained on its frozen latents; the demo refines
     # its stage-1 decoder (docs/notes/2026-12-02-wide-decoder.md)
     assert (small2.decoder.model, real2.decoder.model) == ({"preset": "small_h4_wide"}, None)

@@ -208,7 +208,8 @@ TRAIN = Command(
     "(decoder.loss: l1, or mse as in small; decoder.precision: auto runs it in bfloat16 "
     "where the CPU or GPU does so natively, no keeps float32; decoder.model, e.g. "
     "{preset: small_h4_wide}, trains a new decoder of that architecture from scratch on the "
-    "latents instead) and ships that one; the refined decoder is kept "
+    "latents instead; decoder.adversarial adds a PatchGAN, in small one shown only the eye "
+    "band) and ships that one; the refined decoder is kept "
     "in ENCODERS/cache/decoder-KEY/ and reused by "
     "later runs with the same settings. The presets are the YAML files of scldm/configs/ "
     "(docs/architecture.md, Configuration).",

@@ -68,9 +68,10 @@ FACE_ENCODER_PRESETS: dict[str, dict] = {
 # encoder since 2026-12-01 (docs/notes/2026-12-01-h4-latent-small.md)
 FACE_ENCODER_PRESETS["small_h4"] = {**FACE_ENCODER_PRESETS["small"], "latent_after_block": 2}
 # small_h4 with its first two blocks (the latent's) three times as wide; the embedding's blocks
-# 3–5 unchanged. At 8 channels block 1 keeps less of the eyes than averaging the pixels would.
-# Not a config's default: its chain reconstructs better but generates less realistic faces
-# (docs/notes/2026-12-02-stage1-eyes.md)
+# 3–5 unchanged. At 8 channels block 1 keeps less of the eyes than averaging the pixels would;
+# with the eye band weighed 8 times in L_rec this one keeps their colour: the `small` config's
+# face encoder since 2026-12-03 (docs/notes/2026-12-02-stage1-eyes.md,
+# docs/notes/2026-12-03-small-eyes.md)
 FACE_ENCODER_PRESETS["small_h4_wide"] = {
     **FACE_ENCODER_PRESETS["small_h4"],
     "widths": (24, 24, POOL, 48, 48, POOL, 32, 32, 32, POOL, 64, 64, 64, POOL, 64, 64, 64, POOL),
