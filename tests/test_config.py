@@ -135,6 +135,14 @@ def test_a_config_extends_another_and_updates_its_keys(tmp_path):
     cfg = load_config(Stage, tmp_path / "top.yaml", ["optim.eps=1e-8"])
     assert (cfg.optim.lr, cfg.optim.eps, cfg.train.seed) == (0.1, 1e-8, 3)
     assert cfg.model == {"depth": 2, "width": 8}  # mappings merge key by key
+    # `null` on a section clears what the config it extends set: the section's own defaults,
+    # which a later --set updates
+    (tmp_path / "reset.yaml").write_text("extends: mid.yaml\noptim: null\n")
+    reset = load_config(Stage, tmp_path / "reset.yaml")
+    assert reset.optim == Stage().optim != load_config(Stage, tmp_path / "mid.yaml").optim
+    assert load_config(Stage, tmp_path / "reset.yaml", ["optim.eps=1e-8"]).optim == (
+        dataclasses.replace(Stage().optim, eps=1e-8)
+    )
     (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
     with pytest.raises(InputError, match="deep"):
@@ -147,7 +155,7 @@ def test_a_config_extends_another_and_updates_its_keys(tmp_path):
 def test_the_real_voices_preset_is_small_with_augmentation_and_v_prediction():
     from scldm.config import (
         NOISE_SCHEDULE,
-        WHOLE_FACE,
+        AdversarialConfig,
         DiffusionStageConfig,
         EncoderStageConfig,
         ReconRegionConfig,
@@ -201,7 +209,7 @@ def test_the_real_voices_preset_is_small_with_augmentation_and_v_prediction():
     assert small2.decoder.adversarial.enabled and not real2.decoder.adversarial.enabled
     assert small2.decoder.adversarial.box == EYE_BAND == small.recon_region.box
     assert small2.decoder.adversarial.start_step == 1500
-    assert real2.decoder.adversarial.box == WHOLE_FACE
+    assert real2.decoder.adversarial == AdversarialConfig()  # `adversarial: null` clears small's
     # small ships a new, twice-as-wide decoder trained on its frozen latents; the demo refines
     # its stage-1 decoder (docs/notes/2026-12-02-wide-decoder.md)
     assert (small2.decoder.model, real2.decoder.model) == ({"preset": "small_h4_wide"}, None)

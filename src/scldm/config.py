@@ -631,6 +631,8 @@ def _build(cls: type[C], values: Mapping[str, Any], where: str) -> C:
     kwargs = {}
     for k, v in values.items():
         factory = fields[k].default_factory
+        if v is None and dataclasses.is_dataclass(hints[k]) and callable(factory):
+            continue  # `null` on a section: its defaults, clearing what a preset it extends set
         if isinstance(v, Mapping) and dataclasses.is_dataclass(hints[k]) and callable(factory):
             # a partial section starts from the field's own default (e.g. Wen's Adam at 2e-4,
             # constant), not from the section class's defaults
