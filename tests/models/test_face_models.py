@@ -125,19 +125,22 @@ def test_presets_keep_the_vgg16_structure_and_the_decoder_mirrors_the_encoder():
     for name in ("tiny", "small", "small_h4_wide"):
         encoder = FaceEncoder(**FACE_ENCODER_PRESETS[name])
         assert [k for k in encoder._vgg_targets() if k.startswith("conv")] == CONV_NAMES
-    for name in ("tiny", "small", "small_h4", "small_h4_wide", "base"):
-        widths = FACE_ENCODER_PRESETS[name].get("widths", VGG16_WIDTHS)
+    # decoder preset → the encoder preset it mirrors (small_h4_mid, stage 2's new decoder for
+    # small_h4's latents, has no encoder of its own)
+    mirrors = {n: n for n in ("tiny", "small", "small_h4", "small_h4_wide", "base")}
+    for name, enc_name in {**mirrors, "small_h4_mid": "small_h4"}.items():
+        widths = FACE_ENCODER_PRESETS[enc_name].get("widths", VGG16_WIDTHS)
         decoder_widths = FACE_DECODER_PRESETS[name].get("widths", DEFAULT_DECODER_WIDTHS)
         # the blocks up to the latent mirrored: the same pools and convs, each width the
-        # encoder's times one factor (small's decoder is twice, small_h4's three times and
-        # small_h4_wide's twice as wide)
-        blocks = FACE_ENCODER_PRESETS[name].get("latent_after_block", 3)
+        # encoder's times one factor (small's decoder is twice, small_h4's three times,
+        # small_h4_wide's twice and small_h4_mid four times as wide)
+        blocks = FACE_ENCODER_PRESETS[enc_name].get("latent_after_block", 3)
         pools = [i for i, w in enumerate(widths) if w == "M"]
         enc = tuple(widths[: pools[blocks - 1] + 1])
         assert [w == "M" for w in decoder_widths] == [w == "M" for w in enc]
         ratios = {d / e for d, e in zip(decoder_widths, enc, strict=True) if e != "M"}
-        expected = {"small": {2.0}, "small_h4": {3.0}, "small_h4_wide": {2.0}}.get(name, {1.0})
-        assert ratios == expected
+        factor = {"small": 2.0, "small_h4": 3.0, "small_h4_wide": 2.0, "small_h4_mid": 4.0}
+        assert ratios == {factor.get(name, 1.0)}
 
 
 # --- VGGFace weights ---------------------------------------------------------------------------
