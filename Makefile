@@ -61,11 +61,12 @@ lint: install
 # faces for held-out voices. Stage 1 (small-real) hears with the pretrained GE2E encoder minus
 # its "real recording" direction, so that real voices work too
 # (docs/notes/2026-12-02-real-voices-ge2e-direction.md); its steps are cut to fit a laptop.
-# Stage 2 runs small-real's own (2,000 v-prediction UNet steps on 4 × 16 × 16 latents, ~8 min;
-# docs/notes/2026-12-01-v-prediction-demo.md). Stage 2 first refines the face decoder (1,600
-# steps, ~5 min; in bfloat16 where the CPU runs it natively): on the demo's validation voices
-# its faces are harder to tell from true ones and read gender better
-# (docs/notes/2026-12-01-decoder-luma-and-the-demo.md, docs/notes/2026-12-02-decoder-bf16.md).
+# Stage 2 runs small-real's own (1,700 v-prediction UNet steps on 4 × 16 × 16 latents, ~8 min;
+# docs/notes/2026-12-01-v-prediction-demo.md). Stage 1 keeps the eyes in the latent (small's wide
+# encoder, the eye band weighed 8 times); stage 2 first trains a new face decoder on it (1,600
+# steps, ~3.5 min; in bfloat16 where the CPU runs it natively) with a position bias and, from step
+# 1,200, a discriminator shown the eye band: the faces have eyes and are harder to tell from true
+# ones than before (docs/notes/2026-12-03-demo-eyes.md).
 DEMO ?= runs/demo
 demo: install
 	$(VENV)/bin/scldm prepare synthvox --out $(DEMO)/data --speakers 600 --image-size 64 --workers 2

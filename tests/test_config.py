@@ -155,7 +155,6 @@ def test_a_config_extends_another_and_updates_its_keys(tmp_path):
 def test_the_real_voices_preset_is_small_with_augmentation_and_v_prediction():
     from scldm.config import (
         NOISE_SCHEDULE,
-        AdversarialConfig,
         DiffusionStageConfig,
         EncoderStageConfig,
         ReconRegionConfig,
@@ -166,13 +165,12 @@ def test_the_real_voices_preset_is_small_with_augmentation_and_v_prediction():
     small = load_config(EncoderStageConfig, "small", stage="pretrain")
     real = load_config(EncoderStageConfig, "small-real", stage="pretrain")
     assert not small.augment.enabled and real.augment.enabled
-    # small on the 8 × 16 × 16 latent of the wide encoder, its eye band weighed 8 times in L_rec;
-    # the demo on 4 × 16 × 16 without the decoder's position bias, every pixel alike
+    # both on the latent of the wide encoder, its eye band weighed 8 times in L_rec: small's
+    # 8 × 16 × 16, the demo's 4 × 16 × 16 without the position bias in stage 1's decoder
     assert small.face_encoder == {"preset": "small_h4_wide", "latent_channels": 8}
     assert small.face_decoder == {"preset": "small_h4", "latent_channels": 8}
-    assert small.recon_region == ReconRegionConfig(box=EYE_BAND, weight=8.0)
-    assert real.recon_region == ReconRegionConfig()
-    assert real.face_encoder == {"preset": "small_h4", "latent_channels": 4}
+    assert small.recon_region == real.recon_region == ReconRegionConfig(box=EYE_BAND, weight=8.0)
+    assert real.face_encoder == {"preset": "small_h4_wide", "latent_channels": 4}
     assert real.face_decoder == {"preset": "small_h4", "latent_channels": 4, "position_bias": False}
     # the demo hears with GE2E, its real-recording direction removed
     assert small.speech_encoder == {"preset": "small"}
@@ -190,7 +188,7 @@ def test_the_real_voices_preset_is_small_with_augmentation_and_v_prediction():
     small2 = load_config(DiffusionStageConfig, "small", stage="train")
     real2 = load_config(DiffusionStageConfig, "small-real", stage="train")
     assert small2.unet == real2.unet == {"preset": "small_h4"}
-    assert (small2.train.max_steps, real2.train.max_steps) == (4500, 2000)
+    assert (small2.train.max_steps, real2.train.max_steps) == (4500, 1700)
     assert small2.lambda_train == real2.lambda_train == 1.0
     assert small2.sampling.prior_scale == real2.sampling.prior_scale == 1.0
     assert small2.sampling.temperature == real2.sampling.temperature == 1.0
@@ -204,15 +202,25 @@ def test_the_real_voices_preset_is_small_with_augmentation_and_v_prediction():
     assert small2.decoder.loss == real2.decoder.loss == "mse"
     assert small2.decoder.precision == real2.decoder.precision == "auto"
     assert (small2.decoder.steps, real2.decoder.steps) == (3000, 1600)
-    # small's decoder plays against a discriminator shown the same eye band from step 1,500; the
-    # demo's against none (docs/notes/2026-12-03-small-eyes.md)
-    assert small2.decoder.adversarial.enabled and not real2.decoder.adversarial.enabled
+    # both decoders play against a discriminator shown the same eye band, small's from step
+    # 1,500, the demo's from 1,200 and held outside the band by the anchor
+    # (docs/notes/2026-12-03-small-eyes.md, docs/notes/2026-12-03-demo-eyes.md)
     assert small2.decoder.adversarial.box == EYE_BAND == small.recon_region.box
-    assert small2.decoder.adversarial.start_step == 1500
-    assert real2.decoder.adversarial == AdversarialConfig()  # `adversarial: null` clears small's
-    # small ships a new, twice-as-wide decoder trained on its frozen latents; the demo refines
-    # its stage-1 decoder (docs/notes/2026-12-02-wide-decoder.md)
-    assert (small2.decoder.model, real2.decoder.model) == ({"preset": "small_h4_wide"}, None)
+    assert dataclasses.replace(real2.decoder.adversarial, start_step=1500) == (
+        small2.decoder.adversarial
+    )
+    assert (small2.decoder.adversarial.start_step, real2.decoder.adversarial.start_step) == (
+        1500,
+        1200,
+    )
+    assert (small2.decoder.anchor, real2.decoder.anchor) == (0.0, 0.25)
+    # each ships a new decoder trained on its frozen latents: small's twice as wide as stage 1's
+    # (docs/notes/2026-12-02-wide-decoder.md), the demo's narrower one, at half the batch
+    assert (small2.decoder.model, real2.decoder.model) == (
+        {"preset": "small_h4_wide"},
+        {"preset": "small_h4_mid"},
+    )
+    assert (small2.decoder.batch_size, real2.decoder.batch_size) == (64, 32)
     same2 = dataclasses.replace(
         real2,
         train=dataclasses.replace(real2.train, max_steps=small2.train.max_steps),
