@@ -54,11 +54,10 @@ FACE_DECODER_PRESETS: dict[str, dict] = {
         "image_size": 64,
         "position_bias": True,
     },
-    # between small_h4 and small_h4_wide (32 / 64 channels, 1.75 times small_h4's parameters for
-    # 1.2 times its time on a CPU, whose convolutions favour these widths), with the position
-    # bias: the new decoder `make demo` trains on its frozen latents (`decoder.model`), which
-    # draws the eyes small_h4 averaged away within the demo's time
-    # (docs/notes/2026-12-03-demo-eyes.md)
+    # between small_h4 and small_h4_wide in width, with the position bias: the new decoder
+    # `make demo` trains on its frozen latents (`decoder.model`), which draws the eyes small_h4
+    # averaged away within the demo's time (widths, cost and faces:
+    # docs/notes/2026-12-03-demo-eyes.md; benchmarks/results/decoder_refine_cpu_demo.md)
     "small_h4_mid": {
         "widths": (32, 32, POOL, 64, 64, POOL),
         "batch_norm": True,
